@@ -1,0 +1,1 @@
+"""Model code we own (matrix function networks, chapter 6)."""

@@ -1,0 +1,102 @@
+"""Task results. Structures travel as AtomsField (extxyz text in JSON), so every result is journaled."""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
+
+from .base import AtomsField, Strict
+from .tasks import ModelRef
+
+
+class SinglePointResult(Strict):
+    kind: Literal["singlepoint"] = "singlepoint"
+    atoms: AtomsField = Field(..., description="input structure (no calculator)")
+    energy_eV: float
+    forces_eV_per_A: list[list[float]]
+    stress_eV_per_A3: list[float] | None = Field(None, description="Voigt order xx yy zz yz xz xy")
+    reference: str = Field(..., description="code and method, e.g. 'xtb:GFN2-xTB'")
+    scf_fallback_used: bool = False
+    wall_s: float = 0.0
+
+
+class MDResult(Strict):
+    kind: Literal["md"] = "md"
+    sampled: AtomsField = Field(..., description="breaching configuration, else the highest-σ one")
+    breached: bool
+    step_sampled: int
+    steps_run: int
+    max_sigma_eV: float = Field(..., description="largest per-atom σ over the segment")
+    sigma_trace_eV: list[list[float]] = Field(..., description="per checked step, per-atom σ")
+    trace_steps: list[int]
+    final: AtomsField
+
+
+class OptimiseResult(Strict):
+    kind: Literal["optimise"] = "optimise"
+    final: AtomsField
+    energy_eV: float
+    converged: bool
+    steps: int
+    fmax_eV_per_A: float
+    max_sigma_eV: float
+    energies_eV: list[float]
+
+
+class NEBResult(Strict):
+    kind: Literal["neb"] = "neb"
+    images: list[AtomsField]
+    energies_eV: list[float]
+    forward_barrier_eV: float
+    reaction_energy_eV: float
+    converged: bool
+    steps: int
+    max_sigma_eV: float = Field(..., description="largest per-atom σ over the final images")
+    fmax_eV_per_A: float
+
+
+class MinimaHoppingResult(Strict):
+    kind: Literal["minimahopping"] = "minimahopping"
+    minima: list[AtomsField]
+    energies_eV: list[float]
+
+
+class UmbrellaWindowResult(Strict):
+    kind: Literal["umbrellawindow"] = "umbrellawindow"
+    centre_A: float
+    spring_eV_per_A2: float
+    temperature_K: float
+    cv_A: list[float] = Field(..., description="production CV time series d(i, j)")
+    final: AtomsField
+
+
+class NMRShieldingResult(Strict):
+    kind: Literal["nmrshielding"] = "nmrshielding"
+    atoms: AtomsField
+    shielding_ppm: list[list[list[float]]] = Field(..., description="per atom 3×3 σ tensor, ppm")
+    efg_au: list[list[list[float]]] | None = Field(None, description="per atom 3×3 V, atomic units")
+    source: str
+
+
+class TrainResult(Strict):
+    kind: Literal["train"] = "train"
+    model: ModelRef
+    n_configs: int
+    train_rmse_energy_meV_per_atom: float | None = None
+    train_rmse_forces_meV_per_A: float | None = None
+    wall_s: float = 0.0
+
+
+TaskResult = Annotated[
+    Union[
+        SinglePointResult,
+        MDResult,
+        OptimiseResult,
+        NEBResult,
+        MinimaHoppingResult,
+        UmbrellaWindowResult,
+        NMRShieldingResult,
+        TrainResult,
+    ],
+    Field(discriminator="kind"),
+]

@@ -1,0 +1,17 @@
+"""What the engine hands a task besides its spec and structures: where to work and how to launch."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    workdir: Path  # private scratch directory of this task (on shared storage for cluster sites)
+    launch: str = ""  # MPI launch prefix for reference codes, e.g. "srun --hint=nomultithread"
+    device: str = "cpu"  # "cpu" or "cuda" for training / MLFF evaluation
+    threads: int = 1
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for reference codes
+
+    def __post_init__(self):
+        Path(self.workdir).mkdir(parents=True, exist_ok=True)

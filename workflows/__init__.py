@@ -1,0 +1,1 @@
+"""Workflows decide what to compute next; they talk only to the engine and the store."""
