@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` (the embedded quickstart) and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SITE   ?= local
+
+.PHONY: demo test test-all setup system-deps bench clean-venv
+
+demo: setup
+	$(PY) run.py --site $(SITE) examples/quickstart.yaml
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m ""
+
+setup: system-deps $(STAMP)
+
+# Quantum ESPRESSO and MPI from Debian (as root on fresh machines; skipped when pw.x exists).
+system-deps:
+	@if ! command -v pw.x >/dev/null 2>&1 || ! command -v mpirun >/dev/null 2>&1; then \
+	  echo "installing quantum-espresso and openmpi from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    quantum-espresso quantum-espresso-data openmpi-bin >/dev/null; \
+	fi
+
+# torch 2.13.0 first: it is the local CPU build; mace-torch would otherwise pull a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+bench: setup
+	$(PY) benchmarks/engine_overhead.py
+
+clean-venv:
+	rm -rf $(VENV)

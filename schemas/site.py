@@ -1,0 +1,83 @@
+"""Site configuration: which Parsl executors exist and which task kind runs on which.
+
+A site file is plain YAML a user writes for their cluster. `${VAR}` in any string is replaced by the
+environment variable VAR when the file is loaded (budget codes never live in the repository).
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+
+from .base import Strict
+from .tasks import TASK_KINDS
+
+
+class LocalProviderConfig(Strict):
+    type: Literal["local"] = "local"
+    init_blocks: int = Field(1, ge=0)
+    min_blocks: int = Field(0, ge=0)
+    max_blocks: int = Field(1, ge=1)
+    worker_init: str = ""
+
+
+class SlurmProviderConfig(Strict):
+    """Parsl SlurmProvider settings; Parsl renders the sbatch script."""
+
+    type: Literal["slurm"] = "slurm"
+    partition: str
+    account: str = Field(..., description="budget code; use ${ENV_VAR} rather than writing it here")
+    qos: str | None = None
+    nodes_per_block: int = Field(1, ge=1)
+    cores_per_node: int | None = Field(None, ge=1)
+    mem_per_node_GB: int | None = Field(None, ge=1)
+    gpus_per_node: int | None = Field(None, ge=1)
+    constraint: str | None = None
+    walltime: str = Field("01:00:00", pattern=r"^\d+:\d\d:\d\d$")
+    init_blocks: int = Field(0, ge=0)
+    min_blocks: int = Field(0, ge=0)
+    max_blocks: int = Field(1, ge=1)
+    exclusive: bool = True
+    worker_init: str = ""
+    scheduler_options: str = Field("", description="extra '#SBATCH ...' lines")
+    launcher: Literal["srun", "single"] = "single"
+
+
+Provider = Annotated[Union[LocalProviderConfig, SlurmProviderConfig], Field(discriminator="type")]
+
+
+class ExecutorConfig(Strict):
+    type: Literal["threads", "htex"] = "htex"
+    max_workers: int = Field(1, ge=1, description="threads, or HTEX workers per node")
+    cores_per_worker: float = Field(1.0, gt=0)
+    address: str | None = Field(None, description="interchange address (HTEX); the login node on clusters")
+    provider: Provider = LocalProviderConfig()
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads_per_task: int = Field(1, ge=1, description="OMP/torch threads inside one task")
+
+    @model_validator(mode="after")
+    def _threads_are_local(self):
+        if self.type == "threads" and self.provider.type != "local":
+            raise ValueError("a 'threads' executor runs in the coordinator process: provider must be local")
+        return self
+
+
+class SiteConfig(Strict):
+    name: str
+    executors: dict[str, ExecutorConfig] = Field(..., min_length=1)
+    task_executors: dict[str, str] = Field(..., description="task kind -> executor label")
+    reference_launch: str = Field("", description="MPI launch prefix for reference codes (pw.x, castep)")
+    reference_env: dict[str, str] = Field(default_factory=dict, description="e.g. OMP_NUM_THREADS: '1'")
+
+    @model_validator(mode="after")
+    def _every_kind_has_an_executor(self):
+        unknown = set(self.task_executors) - set(TASK_KINDS)
+        if unknown:
+            raise ValueError(f"task_executors: unknown task kinds {sorted(unknown)}; known: {list(TASK_KINDS)}")
+        missing = [k for k in TASK_KINDS if k not in self.task_executors]
+        if missing:
+            raise ValueError(f"task_executors: no executor for task kinds {missing}")
+        bad = {k: v for k, v in self.task_executors.items() if v not in self.executors}
+        if bad:
+            raise ValueError(f"task_executors: labels not defined under executors: {bad}")
+        return self

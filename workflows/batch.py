@@ -1,0 +1,40 @@
+"""Run a list of tasks (protocol `workflow: tasks`): every job concurrently, results to results/."""
+from __future__ import annotations
+
+from concurrent.futures import wait
+from pathlib import Path
+
+from ase.io import read
+
+from .engine import TaskFailed
+
+
+def read_structures(base: Path, names: list[str]):
+    out = []
+    for name in names:
+        path, _, index = name.partition("@")
+        out.append(read(base / path, index=int(index) if index else 0))
+    return out
+
+
+def plan(protocol) -> list[str]:
+    return [f"{job.name}: {job.spec.kind} on {len(job.structures)} structure(s)" for job in protocol.jobs]
+
+
+def run(protocol, engine, store, progress) -> dict:
+    progress.set_stage(f"{len(protocol.jobs)} jobs")
+    futures = {job.name: engine.submit(job.spec, read_structures(store.protocol_dir, job.structures))
+               for job in protocol.jobs}
+    wait(futures.values())
+    jobs = {}
+    for name, fut in futures.items():
+        try:
+            result = fut.result()
+        except TaskFailed as err:
+            jobs[name] = {"status": "failed", "failure_class": err.failure_class, "error": err.message}
+            continue
+        store.write_json(f"results/{name}.json", result.model_dump(mode="json"))
+        jobs[name] = {"status": "done", "kind": result.kind, "result": f"results/{name}.json"}
+        if result.kind == "singlepoint":
+            jobs[name]["energy_eV"] = result.energy_eV
+    return {"jobs": jobs}

@@ -1,0 +1,269 @@
+"""The engine: task specs in, Parsl apps out, results journaled by content hash.
+
+    future = engine.submit(spec, structures)      # -> concurrent.futures.Future[result model]
+
+Each spec goes to the executor its kind maps to in the site config. The key of a task is a hash of
+its canonical spec JSON, its input structures and the versions of the codes that compute it (the
+model identity is inside the spec as ModelRef.sha256). A key found done in the journal is answered
+from there without touching Parsl. Failures are classified (tasks/errors.py):
+transient -> retried up to spec.max_retries; scf -> retried once with the reference's fallback
+settings; unphysical or anything else -> recorded, the future raises TaskFailed, the campaign goes on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from ase import Atoms
+from pydantic import TypeAdapter
+
+from schemas.base import atoms_to_text
+from schemas.results import TaskResult
+from schemas.site import SiteConfig
+from schemas.tasks import TaskSpec
+
+from .journal import Journal, dumps
+
+_RESULT = TypeAdapter(TaskResult)
+_SPEC = TypeAdapter(TaskSpec)
+
+# Parsl reports lost workers/managers with these exception classes: retry them like node loss.
+_PARSL_TRANSIENT = {"WorkerLost", "ManagerLost", "BadStateException", "ScalingFailed", "ExecutorError",
+                    "MissingOutputs", "BadRegistration", "ConnectionRefusedError", "TimeoutError"}
+
+_CODES = {
+    "singlepoint": ("ase", "tblite"),
+    "nmrshielding": ("ase", "soprano"),
+    "train": ("ase", "quippy-ase", "mace-torch", "torch"),
+}
+_MLFF_CODES = ("ase", "quippy-ase", "mace-torch", "torch")
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def code_versions(kind: str) -> dict[str, str]:
+    names = ("reactforge", "numpy") + _CODES.get(kind, _MLFF_CODES)
+    return {n: _version(n) for n in names}
+
+
+def task_key(spec, structures: list[Atoms]) -> str:
+    """Content hash: canonical spec (retry budget excluded) + structures + code versions."""
+    spec_json = spec.model_dump(mode="json", exclude={"max_retries"})
+    h = hashlib.sha256()
+    h.update(dumps(spec_json).encode())
+    for a in structures:
+        plain = a.copy()
+        plain.calc = None
+        h.update(atoms_to_text(plain).encode())
+    h.update(dumps(code_versions(spec.kind)).encode())
+    return h.hexdigest()
+
+
+class TaskFailed(Exception):
+    def __init__(self, key: str, kind: str, failure_class: str, message: str):
+        self.key, self.kind, self.failure_class, self.message = key, kind, failure_class, message
+        super().__init__(f"{kind} task {key[:12]} failed ({failure_class}): {message}")
+
+
+def execute(spec_json: str, structures_text: list[str], ctx: dict) -> str:
+    """What runs on the worker: JSON in, JSON out (safe to ship to any executor)."""
+    from schemas.base import atoms_from_text
+    from tasks import run_task
+    from tasks.context import TaskContext
+
+    spec = _SPEC.validate_json(spec_json)
+    structures = [atoms_from_text(t) for t in structures_text]
+    context = TaskContext(workdir=Path(ctx["workdir"]), launch=ctx["launch"], device=ctx["device"],
+                          threads=ctx["threads"], env=ctx["env"])
+    return run_task(spec, structures, context).model_dump_json()
+
+
+def classify(exc: BaseException) -> str:
+    from tasks.errors import TaskError
+
+    if isinstance(exc, TaskError):
+        return exc.failure_class
+    if type(exc).__name__ in _PARSL_TRANSIENT:
+        return "transient"
+    return "error"
+
+
+@dataclass
+class _Counts:
+    queued: int = 0
+    running: int = 0
+    done: int = 0
+    failed: int = 0
+    cached: int = 0
+
+
+@dataclass
+class _Pending:
+    key: str
+    spec: object
+    structures_text: list[str]
+    label: str
+    outer: Future
+    attempts: int = 0
+    fallback_used: bool = False
+    app_future: object = None
+    started: float = field(default_factory=time.time)
+
+
+class Engine:
+    def __init__(self, site: SiteConfig, run_dir: Path):
+        self.site = site
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(self.run_dir / "journal.db")
+        self._dfk = None
+        self._apps: dict[str, object] = {}
+        self._lock = threading.RLock()
+        self._pending: dict[str, _Pending] = {}
+        self._counts = {label: _Counts() for label in site.executors}
+        self.reference_calls = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def _start(self):
+        if self._dfk is None:
+            import parsl
+            from parsl.app.python import PythonApp
+
+            from .parsl_config import build_config
+
+            self._dfk = parsl.load(build_config(self.site, self.run_dir))
+            self._apps = {label: PythonApp(execute, data_flow_kernel=self._dfk, executors=[label])
+                          for label in self.site.executors}
+
+    def close(self):
+        if self._dfk is not None:
+            import parsl
+
+            self._dfk.cleanup()
+            parsl.clear()
+            self._dfk = None
+        self.journal.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ submission
+    def submit(self, spec, structures: list[Atoms]) -> Future:
+        """Run `spec` on `structures` somewhere; the future gives the result model or raises TaskFailed."""
+        structures = list(structures)
+        key = task_key(spec, structures)
+        label = self.site.task_executors[spec.kind]
+        outer: Future = Future()
+        cached = self.journal.result(key)
+        if cached is not None:
+            with self._lock:
+                self._counts[label].cached += 1
+            outer.set_result(_RESULT.validate_json(cached))
+            return outer
+        with self._lock:
+            if key in self._pending:  # the same task twice in flight: share one execution
+                return self._pending[key].outer
+            texts = [atoms_to_text(_plain(a)) for a in structures]
+            job = _Pending(key, spec, texts, label, outer)
+            self._pending[key] = job
+            self._counts[label].queued += 1
+        self.journal.submitted(key, spec.kind, label, spec.model_dump_json())
+        self._launch(job)
+        return outer
+
+    def run(self, spec, structures: list[Atoms]):
+        return self.submit(spec, structures).result()
+
+    def _context(self, job: _Pending) -> dict:
+        ex = self.site.executors[job.label]
+        reference = job.spec.kind in ("singlepoint", "nmrshielding")
+        return {
+            "workdir": str(self.run_dir / "tasks" / job.spec.kind / job.key[:16]),
+            "launch": self.site.reference_launch if reference else "",
+            "device": ex.device,
+            "threads": ex.threads_per_task,
+            "env": dict(self.site.reference_env) if reference else {},
+        }
+
+    def _launch(self, job: _Pending):
+        self._start()
+        job.attempts += 1
+        if job.spec.kind == "singlepoint":
+            with self._lock:
+                self.reference_calls += 1
+        fut = self._apps[job.label](job.spec.model_dump_json(), job.structures_text, self._context(job))
+        job.app_future = fut
+        fut.add_done_callback(lambda f, job=job: self._finished(job, f))
+
+    def _finished(self, job: _Pending, fut):
+        exc = fut.exception()
+        if exc is None:
+            try:
+                result = _RESULT.validate_json(fut.result())
+            except Exception as err:  # a result that breaks the contract is a bug, not a label
+                exc = err
+            else:
+                self.journal.done(job.key, result.model_dump_json())
+                self._settle(job, "done")
+                job.outer.set_result(result)
+                return
+        cls = classify(exc)
+        message = f"{type(exc).__name__}: {exc}"
+        self.journal.attempt(job.key, cls, message)
+        if cls == "transient" and job.attempts <= job.spec.max_retries:
+            self._launch(job)
+            return
+        if cls == "scf" and not job.fallback_used and hasattr(job.spec, "use_fallback"):
+            job.fallback_used = True
+            job.spec = job.spec.model_copy(update={"use_fallback": True})
+            self._launch(job)
+            return
+        self.journal.failed(job.key, cls, message)
+        self._settle(job, "failed")
+        job.outer.set_exception(TaskFailed(job.key, job.spec.kind, cls, message))
+
+    def _settle(self, job: _Pending, outcome: str):
+        with self._lock:
+            c = self._counts[job.label]
+            c.queued -= 1
+            setattr(c, outcome, getattr(c, outcome) + 1)
+            self._pending.pop(job.key, None)
+
+    # ------------------------------------------------------------------ progress
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per executor: queued (waiting), running, done, failed, cached (answered from the journal)."""
+        with self._lock:
+            running = {label: 0 for label in self._counts}
+            for job in self._pending.values():
+                rec = getattr(job.app_future, "task_record", None)
+                if rec is not None and str(rec.get("status", "")).endswith(("launched", "running")):
+                    running[job.label] += 1
+            return {
+                label: {"queued": c.queued - running[label], "running": running[label], "done": c.done,
+                        "failed": c.failed, "cached": c.cached}
+                for label, c in self._counts.items()
+            }
+
+
+def _plain(atoms: Atoms) -> Atoms:
+    a = atoms.copy()
+    a.calc = None
+    return a
+
+
+def result_json(result) -> dict:
+    return json.loads(result.model_dump_json())

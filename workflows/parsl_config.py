@@ -1,0 +1,98 @@
+"""SiteConfig -> parsl.Config. Parsl's providers write the SLURM scripts; we only pass settings."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from schemas.site import ExecutorConfig, SiteConfig
+
+
+def _provider(cfg: ExecutorConfig):
+    from parsl.launchers import SingleNodeLauncher, SrunLauncher
+    from parsl.providers import LocalProvider, SlurmProvider
+
+    p = cfg.provider
+    if p.type == "local":
+        return LocalProvider(
+            init_blocks=p.init_blocks, min_blocks=p.min_blocks, max_blocks=p.max_blocks, worker_init=p.worker_init
+        )
+    return SlurmProvider(
+        partition=p.partition,
+        account=p.account,
+        qos=p.qos,
+        constraint=p.constraint,
+        nodes_per_block=p.nodes_per_block,
+        cores_per_node=p.cores_per_node,
+        mem_per_node=p.mem_per_node_GB,
+        gpus_per_node=p.gpus_per_node,
+        walltime=p.walltime,
+        init_blocks=p.init_blocks,
+        min_blocks=p.min_blocks,
+        max_blocks=p.max_blocks,
+        exclusive=p.exclusive,
+        worker_init=p.worker_init,
+        scheduler_options=p.scheduler_options,
+        launcher=SrunLauncher() if p.launcher == "srun" else SingleNodeLauncher(),
+    )
+
+
+def build_executor(label: str, cfg: ExecutorConfig, run_dir: Path):
+    from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
+
+    if cfg.type == "threads":
+        return ThreadPoolExecutor(label=label, max_threads=cfg.max_workers)
+    return HighThroughputExecutor(
+        label=label,
+        address=cfg.address,
+        max_workers_per_node=cfg.max_workers,
+        cores_per_worker=cfg.cores_per_worker,
+        provider=_provider(cfg),
+        worker_logdir_root=str(run_dir / "parsl" / "workers"),
+        heartbeat_period=15,
+        heartbeat_threshold=120,
+    )
+
+
+def build_config(site: SiteConfig, run_dir: Path):
+    from parsl.config import Config
+
+    return Config(
+        executors=[build_executor(label, cfg, run_dir) for label, cfg in site.executors.items()],
+        run_dir=str(run_dir / "parsl"),
+        retries=0,  # retries are decided by the engine from the failure class
+        strategy="simple",
+        initialize_logging=True,
+        usage_tracking=0,
+    )
+
+
+def describe(site: SiteConfig) -> list[str]:
+    """One line per executor: what `--check` says it would start."""
+    lines = []
+    for label, cfg in site.executors.items():
+        kinds = [k for k, v in site.task_executors.items() if v == label]
+        p = cfg.provider
+        where = "in-process threads" if cfg.type == "threads" else (
+            f"HTEX on local provider ({cfg.max_workers} workers)" if p.type == "local" else
+            f"HTEX on SLURM partition={p.partition} qos={p.qos} nodes/block={p.nodes_per_block} "
+            f"walltime={p.walltime} max_blocks={p.max_blocks} ({cfg.max_workers} workers/node)"
+        )
+        lines.append(f"{label}: {where}, device={cfg.device}; runs {', '.join(kinds) or 'nothing'}")
+    return lines
+
+
+def render_submit_script(site: SiteConfig, label: str, script_dir: Path) -> str:
+    """The sbatch script Parsl would submit for one block of a SLURM executor, without submitting.
+
+    The provider's own renderer writes it; only `sbatch` is intercepted (it answers with a fake id).
+    """
+    cfg = site.executors[label]
+    if cfg.provider.type != "slurm":
+        raise ValueError(f"executor {label!r} does not use SLURM")
+    provider = _provider(cfg)
+    provider.script_dir = str(script_dir)
+    Path(script_dir).mkdir(parents=True, exist_ok=True)
+    provider.execute_wait = lambda cmd, timeout=None: (0, "Submitted batch job 1", "")
+    provider.submit("process_worker_pool.py  # the HTEX worker pool command", tasks_per_node=1,
+                    job_name=f"reactforge.{label}")
+    scripts = sorted(p for p in Path(script_dir).glob(f"reactforge.{label}.*") if p.suffix not in (".stdout", ".stderr"))
+    return scripts[-1].read_text()

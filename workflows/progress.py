@@ -1,0 +1,84 @@
+"""A live view a person can watch: stage, tasks per executor, reference calls.
+
+On a terminal this is a rich Live table refreshed twice a second; elsewhere (CI, log files) a plain
+line is printed whenever the stage changes and at most every 30 s otherwise.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+
+class Progress:
+    def __init__(self, engine, title: str, live: bool | None = None):
+        self.engine = engine
+        self.title = title
+        self.stage = "starting"
+        self.live = sys.stdout.isatty() if live is None else live
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_plain = 0.0
+        self._console = None
+
+    # ------------------------------------------------------------------ what workflows call
+    def set_stage(self, stage: str) -> None:
+        self.stage = stage
+        if not self.live:
+            self._plain(force=True)
+
+    def log(self, message: str) -> None:
+        if self._console is not None:
+            self._console.log(message)
+        else:
+            print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    # ------------------------------------------------------------------ rendering
+    def _table(self):
+        from rich.table import Table
+
+        table = Table(title=f"{self.title} — {self.stage}", expand=False)
+        for col in ("executor", "queued", "running", "done", "failed", "from journal"):
+            table.add_column(col, justify="right" if col != "executor" else "left")
+        for label, c in self.engine.stats().items():
+            table.add_row(label, str(c["queued"]), str(c["running"]), str(c["done"]), str(c["failed"]),
+                          str(c["cached"]))
+        table.caption = f"reference calls so far: {self.engine.reference_calls}"
+        return table
+
+    def _plain(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last_plain < 30:
+            return
+        self._last_plain = now
+        parts = [f"{label} q{c['queued']} r{c['running']} d{c['done']} f{c['failed']} j{c['cached']}"
+                 for label, c in self.engine.stats().items()]
+        print(f"[{time.strftime('%H:%M:%S')}] {self.stage} | {' | '.join(parts)} | "
+              f"reference calls {self.engine.reference_calls}", flush=True)
+
+    def _loop(self):
+        if self.live:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._console = Console()
+            with Live(self._table(), console=self._console, refresh_per_second=2) as live:
+                while not self._stop.wait(0.5):
+                    live.update(self._table())
+                live.update(self._table())
+            self._console = None
+        else:
+            while not self._stop.wait(5):
+                self._plain()
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if not self.live:
+            self._plain(force=True)

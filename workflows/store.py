@@ -1,0 +1,170 @@
+"""The run directory: labelled data with provenance, models, summary, report.
+
+    runs/<name>/
+      protocol.yaml, protocol.sha256   the protocol this directory belongs to (resume refuses others)
+      journal.db                       engine: task hash -> result
+      labels.db                        ASE database of reference labels (block, iteration, reason, task)
+      dataset.xyz                      the training set as extxyz: REF_energy, REF_forces, REF_stress
+      models/                          trained models (copies named by block and iteration)
+      summary.json                     results for people and scripts
+      report/                          figures and index.html
+
+Only successful reference results reach `add_label`; everything is written to a temporary name first.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.db import connect
+from ase.io import write
+
+from schemas.results import SinglePointResult
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class ProtocolMismatch(Exception):
+    pass
+
+
+class Store:
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "models").mkdir(exist_ok=True)
+        (self.run_dir / "report").mkdir(exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = connect(self.run_dir / "labels.db", type="db", use_lock_file=False)
+        self._summary: dict = self.read_json("summary.json") or {}
+
+    # ------------------------------------------------------------------ protocol identity
+    @staticmethod
+    def claim(run_dir: Path, protocol_text: str, force_new: bool) -> str:
+        """Tie a run directory to a protocol. Same protocol -> resume; other -> refuse (or archive it).
+
+        Returns "new", "resume" or "archived:<path>".
+        """
+        run_dir = Path(run_dir)
+        digest = sha256_text(protocol_text)
+        stamp = run_dir / "protocol.sha256"
+        if not stamp.exists():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "protocol.yaml", protocol_text)
+            atomic_write_text(stamp, digest + "\n")
+            return "new"
+        if stamp.read_text().strip() == digest:
+            return "resume"
+        if not force_new:
+            raise ProtocolMismatch(
+                f"{run_dir} holds a run of a different protocol (see {run_dir / 'protocol.yaml'}); "
+                "re-run with --force-new to keep that run aside and start afresh, or choose another --run-dir"
+            )
+        n = 1
+        while (archive := run_dir.with_name(f"{run_dir.name}.previous-{n}")).exists():
+            n += 1
+        shutil.move(str(run_dir), str(archive))  # never delete a run's state: move it aside
+        Store.claim(run_dir, protocol_text, force_new=False)
+        return f"archived:{archive}"
+
+    # ------------------------------------------------------------------ labels
+    def add_label(self, result: SinglePointResult, *, block: str, iteration: int, reason: str, task: str,
+                  energy_weight: float = 1.0, force_weight: float = 1.0, config_type: str | None = None,
+                  extra: dict | None = None) -> int | None:
+        """Record one reference label; returns its row id (None if this task was labelled before)."""
+        with self._lock:
+            if self._db.count(task=task) > 0:  # resume replays: a task is labelled once
+                return None
+            atoms = result.atoms.copy()
+            atoms.calc = None
+            kv = {"block": block, "iteration": int(iteration), "reason": reason, "task": task,
+                  "REF_energy": float(result.energy_eV), "energy_weight": float(energy_weight),
+                  "force_weight": float(force_weight), "reference": result.reference,
+                  "config_type": config_type or block}
+            kv.update(extra or {})
+            data = {"REF_forces": np.asarray(result.forces_eV_per_A)}
+            if result.stress_eV_per_A3 is not None:
+                data["REF_stress"] = np.asarray(result.stress_eV_per_A3)
+            return self._db.write(atoms, key_value_pairs=kv, data=data)
+
+    def training_set(self, **selection) -> list[Atoms]:
+        """Labelled structures with info REF_energy/REF_stress, arrays REF_forces, weights and provenance."""
+        out = []
+        with self._lock:
+            rows = list(self._db.select(**selection))
+        for row in rows:
+            a = row.toatoms()
+            a.info.update(row.key_value_pairs)
+            a.info["label_id"] = row.id
+            a.arrays["REF_forces"] = np.asarray(row.data["REF_forces"])
+            if "REF_stress" in row.data:
+                a.info["REF_stress"] = np.asarray(row.data["REF_stress"])
+            out.append(a)
+        return out
+
+    def count(self, **selection) -> int:
+        with self._lock:
+            return self._db.count(**selection)
+
+    def export_dataset(self, name: str = "dataset.xyz") -> Path:
+        path = self.run_dir / name
+        tmp = path.with_name(f".{name}.tmp")
+        write(tmp, self.training_set(), format="extxyz")
+        os.replace(tmp, path)
+        return path
+
+    # ------------------------------------------------------------------ models, json, summary
+    def keep_model(self, paths: list[str], name: str) -> list[str]:
+        """Copy model files into models/<name>/ (the task workdir holds the original)."""
+        dest = self.run_dir / "models" / name
+        dest.mkdir(parents=True, exist_ok=True)
+        kept = []
+        for p in paths:
+            target = dest / Path(p).name
+            if not target.exists():
+                tmp = target.with_name(f".{target.name}.tmp")
+                shutil.copyfile(p, tmp)
+                os.replace(tmp, target)
+            kept.append(str(target))
+        return kept
+
+    def write_json(self, name: str, obj) -> Path:
+        path = self.run_dir / name
+        atomic_write_text(path, json.dumps(obj, indent=2, default=_jsonable))
+        return path
+
+    def read_json(self, name: str):
+        path = self.run_dir / name
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def update_summary(self, **entries) -> dict:
+        with self._lock:
+            self._summary.update(entries)
+            self.write_json("summary.json", self._summary)
+            return dict(self._summary)
+
+
+def _jsonable(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
