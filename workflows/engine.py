@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -138,6 +140,11 @@ class Engine:
     def _start(self):
         if self._dfk is None:
             import parsl
+
+            # Parsl starts interchange.py / process_worker_pool.py by name: they live beside this Python.
+            bindir = str(Path(sys.executable).parent)
+            if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+                os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
             from parsl.app.python import PythonApp
 
             from .parsl_config import build_config

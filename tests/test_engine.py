@@ -1,0 +1,124 @@
+"""Engine: content hashes, journal replay, failure classes and retries, executors."""
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, molecule
+
+from schemas.loading import read_yaml, validate
+from schemas.site import SiteConfig
+from schemas.tasks import EMTReference, EspressoReference, SinglePointSpec, XTBReference
+from workflows.engine import Engine, TaskFailed, classify, task_key
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def site(name="local", **launch):
+    data = read_yaml(ROOT / "site-configs" / f"{name}.yaml")
+    data.update(launch)
+    return validate(name, data, SiteConfig)
+
+
+def journal_rows(run_dir):
+    with sqlite3.connect(run_dir / "journal.db") as db:
+        return db.execute("SELECT kind, status, attempts, failure_class FROM tasks").fetchall()
+
+
+def test_key_depends_on_spec_and_structures_not_retry_budget():
+    h2o = molecule("H2O")
+    spec = SinglePointSpec(reference=XTBReference())
+    k = task_key(spec, [h2o])
+    assert k == task_key(SinglePointSpec(reference=XTBReference(), max_retries=7), [h2o])
+    assert k != task_key(SinglePointSpec(reference=XTBReference(accuracy=0.1)), [h2o])
+    moved = h2o.copy()
+    moved.positions[0, 0] += 1e-4
+    assert k != task_key(spec, [moved])
+
+
+def test_completed_task_comes_from_journal(tmp_path):
+    cu = bulk("Cu", cubic=True)
+    spec = SinglePointSpec(reference=EMTReference())
+    with Engine(site(), tmp_path) as engine:
+        first = engine.run(spec, [cu])
+        assert engine.reference_calls == 1
+    with Engine(site(), tmp_path) as engine:
+        again = engine.run(spec, [cu])
+        assert engine.reference_calls == 0
+        assert engine.stats()["threads"]["cached"] == 1
+    assert again.energy_eV == first.energy_eV
+    np.testing.assert_allclose(again.forces_eV_per_A, first.forces_eV_per_A)
+
+
+def test_unphysical_result_is_discarded_and_the_rest_goes_on(tmp_path):
+    crushed = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 0.3]], cell=[8, 8, 8], pbc=True)
+    good = bulk("Cu", cubic=True)
+    spec = SinglePointSpec(reference=EMTReference(), max_force_eV_per_A=20.0)
+    with Engine(site(), tmp_path) as engine:
+        bad_f, good_f = engine.submit(spec, [crushed]), engine.submit(spec, [good])
+        with pytest.raises(TaskFailed) as err:
+            bad_f.result()
+        assert err.value.failure_class == "unphysical"
+        assert good_f.result().energy_eV == pytest.approx(good_f.result().energy_eV)
+    rows = sorted(journal_rows(tmp_path), key=lambda r: r[1])
+    assert rows[0][1] == "done" and rows[1][1:] == ("failed", 1, "unphysical")
+
+
+def test_classification_of_parsl_worker_loss():
+    class WorkerLost(Exception):
+        pass
+
+    from tasks.errors import SCFNotConverged, TransientError, UnphysicalResult
+
+    assert classify(WorkerLost()) == "transient"
+    assert classify(TransientError()) == "transient"
+    assert classify(SCFNotConverged()) == "scf"
+    assert classify(UnphysicalResult()) == "unphysical"
+    assert classify(ValueError()) == "error"
+
+
+needs_qe = pytest.mark.skipif(shutil.which("pw.x") is None or shutil.which("mpirun") is None,
+                              reason="Quantum ESPRESSO not installed")
+
+
+def _h2():
+    return Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], cell=[6, 6, 6], pbc=True)
+
+
+def _qe(**kw):
+    return EspressoReference(pseudopotentials={"H": "H.pbe-kjpaw.UPF"}, ecutwfc_Ry=25, ecutrho_Ry=200,
+                             kspacing_per_A=None, conv_thr_eV=1e-6, **kw)
+
+
+@needs_qe
+@pytest.mark.qe
+def test_scf_failure_is_retried_once_with_fallback_settings(tmp_path):
+    spec = SinglePointSpec(reference=_qe(max_scf_steps=1))
+    with Engine(site(), tmp_path) as engine:
+        result = engine.run(spec, [_h2()])
+    assert result.scf_fallback_used
+    assert journal_rows(tmp_path) == [("singlepoint", "done", 2, "scf")]
+
+
+@needs_qe
+@pytest.mark.qe
+def test_killed_run_is_transient_and_retried_up_to_the_limit(tmp_path):
+    # SIGKILL after 0.2 s is what a walltime or a lost node does to pw.x
+    spec = SinglePointSpec(reference=_qe(), max_retries=2)
+    with Engine(site(reference_launch="timeout -s KILL 0.2 mpirun --allow-run-as-root -n 1"), tmp_path) as engine:
+        with pytest.raises(TaskFailed) as err:
+            engine.run(spec, [_h2()])
+    assert err.value.failure_class == "transient"
+    assert journal_rows(tmp_path) == [("singlepoint", "failed", 3, "transient")]
+
+
+def test_htex_executor_runs_tasks_in_worker_processes(tmp_path):
+    spec = SinglePointSpec(reference=EMTReference())
+    structures = [bulk("Cu", cubic=True), bulk("Cu", a=3.7, cubic=True)]
+    with Engine(site("local-htex"), tmp_path) as engine:
+        results = [f.result(timeout=300) for f in [engine.submit(spec, [a]) for a in structures]]
+        assert engine.stats()["cpu"]["done"] == 2
+    assert results[0].energy_eV != results[1].energy_eV
