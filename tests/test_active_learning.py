@@ -1,0 +1,58 @@
+"""The generic loop: label -> train -> MD until a full run never breaches σ_thr."""
+from __future__ import annotations
+
+import numpy as np
+from ase.build import bulk
+
+from schemas.loading import read_yaml, validate
+from schemas.site import SiteConfig
+from schemas.tasks import EMTReference, GAPModelSpec, SOAPDescriptor
+from workflows.active_learning import Campaign
+from workflows.engine import Engine
+from workflows.progress import Progress
+from workflows.store import Store
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+SMALL_GAP = GAPModelSpec(soap=[SOAPDescriptor(l_max=3, alpha_max=4, n_sparse=40)], e0_method="average",
+                         sigma_energy_eV=0.002, sigma_force_eV_per_A=0.05)
+
+
+def _campaign(tmp_path, engine):
+    store = Store(tmp_path)
+    progress = Progress(engine, "test", live=False)
+    return store, Campaign(engine, store, progress, EMTReference(), SMALL_GAP)
+
+
+def test_md_block_labels_breaches_with_provenance_and_terminates(tmp_path):
+    site = validate("local", read_yaml(ROOT / "site-configs/local.yaml"), SiteConfig)
+    cu = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 1))
+    rattled = []
+    for i in range(6):
+        a = cu.copy()
+        a.rattle(0.03, seed=i)
+        rattled.append(a)
+    with Engine(site, tmp_path) as engine:
+        store, campaign = _campaign(tmp_path, engine)
+        campaign.label(rattled, block="initial", iteration=0, reason="rattled")
+        md = {"steps": 80, "temperature_K": 1000.0, "timestep_fs": 2.0, "sigma_thr_eV": 0.002}
+        report = campaign.md_block("bulk", [cu], md, max_iterations=3)
+
+    labels = store.training_set()
+    reasons = {a.info["reason"] for a in labels if a.info["block"] == "bulk"}
+    assert report.iterations >= 2  # the first model (6 rattles, 150 K-equivalent) must breach
+    assert "threshold breach" in reasons
+    assert report.labels_added == store.count(block="bulk")
+    assert report.reference_calls >= report.labels_added
+    assert report.breach_trace is not None and len(report.breach_trace["sigma_eV"][0]) == len(cu)
+    assert max(report.breach_trace["sigma_eV"][-1]) > 0.002
+    iterations = sorted({a.info["iteration"] for a in labels if a.info["block"] == "bulk"})
+    assert iterations[0] == 1
+    if report.termination_met:
+        assert report.criterion_value < 0.002
+    # every label is a real reference result: forces match EMT
+    from ase.calculators.emt import EMT
+
+    a = labels[-1].copy()
+    a.calc = EMT()
+    np.testing.assert_allclose(a.get_forces(), labels[-1].arrays["REF_forces"], atol=1e-8)
