@@ -41,7 +41,10 @@ def load_protocol(path: Path):
     workflow = data.get("workflow", DEFAULT)
     if workflow not in WORKFLOWS:
         raise InputError(path, [f"field 'workflow': unknown workflow {workflow!r}; known: {sorted(WORKFLOWS)}"])
-    return workflow, validate(path, data, protocol_class(workflow))
+    protocol = validate(path, data, protocol_class(workflow))
+    if hasattr(protocol, "_base_dir"):  # relative structure files resolve against the protocol's folder
+        protocol._base_dir = path.resolve().parent
+    return workflow, protocol
 
 
 def main(argv: list[str] | None = None) -> int:

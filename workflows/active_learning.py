@@ -6,6 +6,7 @@ the current model. Blocks call `label` (reference single points, stored the mome
 """
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 
@@ -45,6 +46,10 @@ class Campaign:
         self.max_force_eV_per_A = max_force_eV_per_A
         self.model: ModelRef | None = None
         self._labels: list[Future] = []
+        # task keys of this campaign's labels: training uses exactly these, so a resumed run replays
+        # the same fits even when the store already holds labels of later blocks
+        self.labelled: set[str] = set()
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ labelling
     def label(self, structures: list[Atoms], *, block: str, iteration: int, reason: str,
@@ -63,10 +68,13 @@ class Campaign:
                         report.labels_failed += 1
                     self.progress.log(f"label discarded: {f.exception()}")
                     return
-                row = self.store.add_label(f.result(), block=block, iteration=iteration, reason=reason, task=key,
-                                           energy_weight=energy_weight, force_weight=force_weight,
-                                           config_type=config_type)
-                if report is not None and row is not None:
+                self.store.add_label(f.result(), block=block, iteration=iteration, reason=reason, task=key,
+                                     energy_weight=energy_weight, force_weight=force_weight,
+                                     config_type=config_type)
+                with self._lock:
+                    new = key not in self.labelled
+                    self.labelled.add(key)
+                if report is not None and new:
                     report.labels_added += 1
 
             fut.add_done_callback(store)
@@ -84,7 +92,7 @@ class Campaign:
     def retrain(self, name: str) -> ModelRef:
         """Fit the model to everything labelled so far (waits for labels in flight)."""
         self.wait_labels()
-        training = self.store.training_set()
+        training = [a for a in self.store.training_set() if a.info["task"] in self.labelled]
         self.progress.set_stage(f"{name}: training on {len(training)} configurations")
         result = self.engine.run(TrainSpec(model=self.model_spec), training)
         kept = self.store.keep_model(result.model.paths, name)

@@ -6,7 +6,7 @@ import importlib
 WORKFLOWS = {
     # workflow name: (schema "module:Class", workflow module with plan() and run())
     "tasks": ("schemas.batch:BatchProtocol", "workflows.batch"),
-    "catalysis": ("schemas.protocol:CatalysisProtocol", "workflows.catalysis"),
+    "catalysis": ("schemas.protocol:Protocol", "workflows.catalysis"),
     "nmr": ("schemas.nmr:NMRProtocol", "workflows.nmr"),
 }
 DEFAULT = "catalysis"

@@ -104,10 +104,12 @@ class Store:
             return self._db.write(atoms, key_value_pairs=kv, data=data)
 
     def training_set(self, **selection) -> list[Atoms]:
-        """Labelled structures with info REF_energy/REF_stress, arrays REF_forces, weights and provenance."""
+        """Labelled structures with info REF_energy/REF_stress, arrays REF_forces, weights and provenance.
+
+        Ordered by task key (content), not by arrival: concurrent labelling must not change a fit's input."""
         out = []
         with self._lock:
-            rows = list(self._db.select(**selection))
+            rows = sorted(self._db.select(**selection), key=lambda row: row.task)
         for row in rows:
             a = row.toatoms()
             a.info.update(row.key_value_pairs)
