@@ -50,7 +50,9 @@ class EspressoReference(Strict):
     pseudo_dir: str = "/usr/share/espresso/pseudo"
     ecutwfc_Ry: float = Field(65.0, gt=0)
     ecutrho_Ry: float | None = Field(None, gt=0, description="default 8×ecutwfc for PAW/US")
-    kspacing_per_A: float | None = Field(0.25, gt=0, description="max k-point spacing; None = Γ only")
+    kspacing_per_A: float | None = Field(
+        0.25, gt=0, description="max k-point spacing, 2π included (|b| = 2π/a, as VASP KSPACING); None = Γ only"
+    )
     smearing: Literal["gaussian", "mv", "mp", "fd"] = "gaussian"
     smearing_width_eV: float = Field(0.1, gt=0)
     conv_thr_eV: float = Field(1e-7, gt=0, description="SCF energy convergence (thesis: 1e-7 eV)")
@@ -60,6 +62,7 @@ class EspressoReference(Strict):
     extra_input: dict[str, dict[str, float | int | str | bool]] = Field(
         default_factory=dict, description="additional namelist entries, e.g. {'system': {'nosym': True}}"
     )
+    executable: str = Field("pw.x", description="pw.x command after the site's launch prefix, e.g. 'pw.x -nk 4'")
     fallback: SCFFallback = SCFFallback()
 
 
@@ -69,13 +72,24 @@ class CastepReference(Strict):
     code: Literal["castep"] = "castep"
     xc_functional: str = "PBE"
     cut_off_energy_eV: float = Field(884.0, gt=0, description="thesis 65 Ry = 884 eV")
-    kpoint_spacing_per_A: float | None = Field(0.25, gt=0, description="CASTEP kpoints_mp_spacing in 1/Å")
+    kpoint_spacing_per_A: float | None = Field(
+        0.25,
+        gt=0,
+        description="max k-point spacing, 2π included like kspacing_per_A of QE; written as CASTEP's "
+        "kpoint_mp_spacing = value/2π (CASTEP's 1/Å omit 2π); None = Γ only",
+    )
     smearing_width_eV: float = Field(0.1, gt=0)
-    elec_energy_tol_eV: float = Field(1e-7, gt=0)
+    elec_energy_tol_eV: float = Field(
+        1e-7, gt=0, description="SCF total-energy tolerance; written per atom (value/N) as CASTEP expects"
+    )
     mixing_beta: float = Field(0.5, gt=0, le=1)
     max_scf_steps: int = Field(100, gt=0)
     pseudopotentials: dict[str, str] = Field(default_factory=dict, description="element -> file; empty = on-the-fly")
+    pseudo_dir: str | None = Field(None, description="directory of the pseudopotential files; None = PSPOT_DIR")
     extra_param: dict[str, str | float | int | bool] = Field(default_factory=dict)
+    executable: str | None = Field(
+        None, description="CASTEP binary; None = castep.mpi with a launch prefix, castep.serial without"
+    )
     fallback: SCFFallback = SCFFallback()
 
 
@@ -99,7 +113,25 @@ class SOAPDescriptor(Strict):
     atom_sigma_t_A: float = Field(0.3, gt=0)
     delta: float = Field(0.1, gt=0)
     zeta: float = Field(4.0, gt=0)
-    n_sparse: int = Field(2500, gt=0)
+    n_sparse: int = Field(2500, gt=0, description="sparse points per central species")
+    basis: Literal["poly3", "poly3gauss"] = "poly3"
+    sparse_method: Literal["cur_points", "random", "uniform"] = "cur_points"
+
+    @model_validator(mode="after")
+    def _soft_inside_hard(self):
+        if self.rcut_soft_A >= self.rcut_hard_A:
+            raise ValueError("rcut_soft_A must be smaller than rcut_hard_A")
+        return self
+
+
+class TwoBodyDescriptor(Strict):
+    """Optional quippy `distance_2b` term (one per species pair): a smooth pair baseline under the SOAPs."""
+
+    cutoff_A: float = Field(5.0, gt=0)
+    cutoff_transition_width_A: float = Field(1.0, gt=0)
+    delta: float = Field(0.5, gt=0)
+    theta_uniform_A: float = Field(1.0, gt=0)
+    n_sparse: int = Field(20, gt=0)
 
 
 def _thesis_soaps() -> list[SOAPDescriptor]:
@@ -116,7 +148,13 @@ class GAPModelSpec(Strict):
     sigma_force_eV_per_A: float = Field(0.01, gt=0)
     sigma_virial_eV: float = Field(0.01, gt=0)
     sparse_jitter: float = Field(1e-8, gt=0)
-    e0_method: Literal["isolated", "average"] = "isolated"
+    e0_method: Literal["isolated", "average"] = Field(
+        "isolated", description="E0 per element from isolated_atom configs; 'average' (or none given): least squares"
+    )
+    distance_2b: TwoBodyDescriptor | None = None
+    species_Z: list[int] | None = Field(
+        None, description="elements the descriptors cover (default: those in the training set)"
+    )
 
 
 class MACEModelSpec(Strict):
@@ -133,8 +171,20 @@ class MACEModelSpec(Strict):
     max_num_epochs: int = Field(2000, gt=0)
     batch_size: int = Field(8, gt=0)
     lr: float = Field(1e-2, gt=0)
-    energy_weight: float = 1.0
-    forces_weight: float = 10.0
+    energy_weight: float = Field(1.0, ge=0)
+    forces_weight: float = Field(10.0, ge=0)
+    stress_weight: float = Field(1.0, ge=0, description="used when the data carry REF_stress")
+    valid_fraction: float = Field(0.1, gt=0, lt=1)
+    max_ell: int = Field(3, ge=0, description="spherical harmonics order of the edges")
+    patience: int = Field(800, gt=0, description="epochs without validation improvement before stopping")
+    weight_decay: float = Field(5e-7, ge=0)
+    ema_decay: float | None = Field(0.99, gt=0, lt=1, description="weight EMA (mace --ema); None = off")
+    stage_two_start_epoch: int | None = Field(
+        1200, gt=0, description="start of the second stage (energy-weighted); ignored past max_num_epochs"
+    )
+    stage_two_energy_weight: float = Field(1000.0, ge=0)
+    stage_two_forces_weight: float = Field(1.0, ge=0)
+    stage_two_lr: float = Field(1e-3, gt=0)
     default_dtype: Literal["float32", "float64"] = "float64"
     foundation_model: str | None = Field(None, description="path of a model file to fine-tune (chapter 4)")
     uncertainty: Literal["energy", "forces"] = Field(
@@ -142,7 +192,44 @@ class MACEModelSpec(Strict):
     )
 
 
-ModelSpec = Annotated[Union[GAPModelSpec, MACEModelSpec], Field(discriminator="model")]
+class MFNModelSpec(Strict):
+    """Matrix function network MFN(MACE) (thesis ch. 6): MACE layers + learnable matrix functions.
+
+    Defaults: thesis §6.7.3 / Table 6.2 (GNL row): 2 layers, r_max 3 Å, 16 poles, 16 matrix channels,
+    MACE layer with correlation 3, l_max 3, L = 1, 128 channels; E_weight 100, F_weight 1, lr 1e-2.
+    """
+
+    model: Literal["mfn"] = "mfn"
+    committee_size: int = Field(1, ge=1)
+    seeds: list[int] | None = None
+    r_max_A: float = Field(3.0, gt=0)
+    num_layers: int = Field(2, ge=1)
+    channels: int = Field(128, ge=1, description="MACE node channels K of K×0e + K×1o")
+    max_ell: int = Field(3, ge=1, description="spherical-harmonic degree of the MACE layer")
+    correlation: int = Field(3, ge=1)
+    matrix_l_max: Literal[0, 1] = Field(1, description="0: s blocks (L=0); 1: s+p 4×4 blocks (L=1)")
+    matrix_channels: int = Field(16, ge=1, description="c, number of learned matrices per layer")
+    n_poles: int = Field(16, ge=1, description="learnable poles z_s (each with its conjugate z_s*)")
+    pole_im_min: float = Field(0.05, gt=0, description="lower bound of Im z_s (normalised spectrum units)")
+    matrix_norm: Literal["batch", "layer"] = "batch"
+    readout_mlp: int = Field(16, ge=1, description="hidden scalars of the last (MLP) readout")
+    max_num_epochs: int = Field(4958, gt=0)
+    batch_size: int = Field(5, gt=0)
+    lr: float = Field(1e-2, gt=0)
+    patience: int = Field(50, ge=1, description="epochs without improvement before lr × 0.8")
+    energy_weight: float = Field(100.0, ge=0)
+    forces_weight: float = Field(1.0, ge=0)
+    default_dtype: Literal["float32", "float64"] = "float64"
+    uncertainty: Literal["energy", "forces"] = "energy"
+
+    @model_validator(mode="after")
+    def _seeds_match(self):
+        if self.seeds is not None and len(self.seeds) != self.committee_size:
+            raise ValueError("seeds must have committee_size entries")
+        return self
+
+
+ModelSpec = Annotated[Union[GAPModelSpec, MACEModelSpec, MFNModelSpec], Field(discriminator="model")]
 
 
 class ModelRef(Strict):
@@ -169,6 +256,12 @@ class SinglePointSpec(TaskBase):
     kind: Literal["singlepoint"] = "singlepoint"
     reference: Reference = XTBReference()
     max_force_eV_per_A: float = Field(50.0, gt=0, description="larger forces are unphysical: discarded")
+    use_fallback: bool = Field(
+        False, description="run with the reference's SCF fallback settings; the engine sets it on the one SCF retry"
+    )
+    reference_timeout_s: float | None = Field(
+        None, gt=0, description="wall-clock limit of one pw.x/CASTEP run; exceeded -> transient failure"
+    )
 
 
 class MDSpec(TaskBase):
@@ -195,6 +288,9 @@ class OptimiseSpec(TaskBase):
     optimizer: Literal["BFGS", "FIRE", "LBFGS"] = "BFGS"
     fixed_atoms: list[int] = Field(default_factory=list)
     sigma_thr_eV: float = Field(0.05, gt=0, description="σ along the trajectory is reported against this")
+    stop_on_breach: bool = Field(
+        False, description="stop at the first per-atom σ > σ_thr (default: run to the MLFF minimum, thesis block 5)"
+    )
 
 
 class NEBSpec(TaskBase):
@@ -209,7 +305,10 @@ class NEBSpec(TaskBase):
     precon: Literal["Exp"] | None = None
     spring_k_eV_per_A2: float = Field(0.1, gt=0)
     fmax_eV_per_A: float = Field(0.01, gt=0, description="thesis: 0.01 eV/Å with the MLFF")
-    max_steps: int = Field(1000, gt=0)
+    climb_start_fmax_eV_per_A: float = Field(
+        0.05, gt=0, description="with climb: relax without climbing image to this fmax first (thesis §3.3)"
+    )
+    max_steps: int = Field(1000, gt=0, description="optimiser steps, both stages together")
     fixed_atoms: list[int] = Field(default_factory=list)
     sigma_thr_eV: float = Field(0.05, gt=0)
 

@@ -1,0 +1,150 @@
+"""Reference single point: energy, forces and (periodic 3D cells only) stress of one structure.
+
+Failures are raised, never returned, so a failed call can not become a label:
+- SCFNotConverged: pw.x "convergence NOT achieved", tblite "SCF not converged", CASTEP "max. SCF cycles
+  performed but system has not reached the groundstate". The engine retries once with
+  `spec.use_fallback=True`, which swaps in the reference's SCFFallback settings.
+- TransientError: the launcher or the node failed (walltime, node loss, MPI start-up, killed, timeout).
+- ReferenceSetupError / ReferenceFailed (tasks.references): code or pseudopotential missing, input error.
+- UnphysicalResult: NaN/inf, |F| above spec.max_force_eV_per_A, a result for a different number of atoms.
+
+energy_eV is the force-consistent (Mermin free) energy whose gradient the forces are, the quantity an
+MLFF is trained on; with smearing it differs from the extrapolated 0 K energy by O(σ²).
+"""
+from __future__ import annotations
+
+import errno
+import subprocess
+from pathlib import Path
+import time
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import (
+    CalculationFailed,
+    CalculatorSetupError,
+    InputError,
+    PropertyNotImplementedError,
+)
+
+from schemas.results import SinglePointResult
+from schemas.tasks import CastepReference, EspressoReference, SinglePointSpec, XTBReference
+
+from .context import TaskContext
+from .errors import SCFNotConverged, TaskError, TransientError, UnphysicalResult
+from .references import (
+    ReferenceFailed,
+    ReferenceSetupError,
+    castep_scf_failed,
+    classify_launch_failure,
+    espresso_error,
+    espresso_output_text,
+    espresso_scf_failed,
+    is_periodic_3d,
+    make_calculator,
+    reference_label,
+)
+
+TBLITE_SCF_MARKER = "SCF not converged"
+
+
+def run(spec: SinglePointSpec, structures: list[Atoms], ctx: TaskContext) -> SinglePointResult:
+    if len(structures) != 1:
+        raise ValueError(f"singlepoint takes exactly one structure, got {len(structures)}")
+    atoms = structures[0]
+    n_atoms = len(atoms)
+    ref = spec.reference
+    fallback = spec.use_fallback
+
+    workdir = Path(ctx.workdir)
+    work = atoms.copy()
+    work.calc = make_calculator(ref, work, ctx, fallback=fallback, timeout_s=spec.reference_timeout_s)
+    periodic = is_periodic_3d(atoms)
+    start = time.perf_counter()
+    try:
+        try:
+            energy = work.get_potential_energy(force_consistent=True)
+        except PropertyNotImplementedError:
+            energy = work.get_potential_energy()
+        forces = np.asarray(work.get_forces(), dtype=float)
+        stress = np.asarray(work.get_stress(voigt=True), dtype=float) if periodic else None
+    except TaskError:
+        raise
+    except Exception as exc:  # every code reports its failures differently: classify, never pass through
+        raise _classify(ref, workdir, exc) from exc
+    wall = time.perf_counter() - start
+    _check_scf_record(ref, workdir)
+    _check_physical(spec, n_atoms, energy, forces, stress)
+
+    return SinglePointResult(
+        atoms=_bare(atoms),
+        energy_eV=float(energy),
+        forces_eV_per_A=forces.tolist(),
+        stress_eV_per_A3=None if stress is None else stress.tolist(),
+        reference=reference_label(ref),
+        scf_fallback_used=fallback,
+        wall_s=wall,
+    )
+
+
+def _bare(atoms: Atoms) -> Atoms:
+    a = atoms.copy()
+    a.calc = None
+    return a
+
+
+def _classify(ref, workdir: Path, exc: Exception) -> TaskError:
+    code = ref.code
+    if isinstance(ref, EspressoReference):
+        if espresso_scf_failed(workdir):
+            return SCFNotConverged(f"espresso: SCF not converged in {workdir}")
+        if isinstance(exc, subprocess.CalledProcessError):
+            text = espresso_output_text(workdir) + "\n" + (exc.stderr or "")
+            return classify_launch_failure(code, exc.returncode, text, espresso_error(workdir))
+    if isinstance(ref, CastepReference):
+        castep_out = workdir / "castep.castep"
+        if castep_out.is_file() and castep_scf_failed(castep_out.read_text(errors="replace")):
+            return SCFNotConverged(f"castep: SCF not converged in {workdir}")
+        if isinstance(exc, subprocess.CalledProcessError):
+            text = "\n".join(
+                p.read_text(errors="replace")[-20000:]
+                for p in (workdir / "castep.castep", workdir / "castep.stderr", workdir / "castep.stdout")
+                if p.is_file()
+            )
+            return classify_launch_failure(code, exc.returncode, text + "\n" + (exc.stderr or ""))
+    if isinstance(ref, XTBReference) and TBLITE_SCF_MARKER in str(exc):
+        return SCFNotConverged(f"xtb: {exc}")
+    if isinstance(exc, (InputError, CalculatorSetupError)):  # configuration: retrying unchanged cannot help
+        return ReferenceSetupError(f"{code}: {exc}")
+    if isinstance(exc, CalculationFailed):
+        return ReferenceFailed(f"{code}: {exc}")
+    # Shared-filesystem hiccups and lost connections on a cluster node; other OS errors are not transient.
+    if isinstance(exc, (ConnectionError, TimeoutError)) or (
+        isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.ESTALE, errno.EAGAIN, errno.ETIMEDOUT)
+    ):
+        return TransientError(f"{code}: {type(exc).__name__}: {exc}")
+    return ReferenceFailed(f"{code}: {type(exc).__name__}: {exc}")
+
+
+def _check_scf_record(ref, workdir: Path) -> None:
+    """A run can end 'successfully' unconverged (CASTEP single points; pw.x with scf_must_converge=.false.)."""
+    if isinstance(ref, EspressoReference) and espresso_scf_failed(workdir):
+        raise SCFNotConverged(f"espresso: SCF not converged in {workdir}")
+    if isinstance(ref, CastepReference):
+        out = workdir / "castep.castep"
+        if out.is_file() and castep_scf_failed(out.read_text(errors="replace")):
+            raise SCFNotConverged(f"castep: SCF not converged in {workdir}")
+
+
+def _check_physical(spec: SinglePointSpec, n_atoms: int, energy, forces: np.ndarray, stress) -> None:
+    if forces.shape != (n_atoms, 3):
+        raise UnphysicalResult(f"forces of shape {forces.shape} for {n_atoms} atoms: atoms lost or added")
+    if not np.isfinite(energy):
+        raise UnphysicalResult(f"non-finite energy {energy}")
+    if not np.isfinite(forces).all():
+        raise UnphysicalResult("non-finite forces")
+    if stress is not None and not np.isfinite(stress).all():
+        raise UnphysicalResult("non-finite stress")
+    fmax = float(np.linalg.norm(forces, axis=1).max()) if n_atoms else 0.0
+    if fmax > spec.max_force_eV_per_A:
+        raise UnphysicalResult(f"max |F| = {fmax:.3g} eV/Å exceeds max_force_eV_per_A = {spec.max_force_eV_per_A}")
