@@ -17,6 +17,21 @@ from schemas.tasks import MDSpec, ModelRef, SinglePointSpec, TrainSpec
 from .engine import task_key
 
 
+def then(fut: Future, fn) -> Future:
+    """A future resolved after `fn(fut)` has run: wait on this, not on `fut`, when `fn` submits more
+    work (a plain done-callback may still be running when waiters on `fut` wake up)."""
+    out: Future = Future()
+
+    def callback(f: Future):
+        try:
+            out.set_result(fn(f))
+        except BaseException as err:  # noqa: BLE001 - handed to the waiter
+            out.set_exception(err)
+
+    fut.add_done_callback(callback)
+    return out
+
+
 @dataclass
 class BlockReport:
     """What summary.json says of one block."""
@@ -67,7 +82,7 @@ class Campaign:
                     if report is not None:
                         report.labels_failed += 1
                     self.progress.log(f"label discarded: {f.exception()}")
-                    return
+                    return f.result()  # re-raises TaskFailed for whoever waits on the label
                 self.store.add_label(f.result(), block=block, iteration=iteration, reason=reason, task=key,
                                      energy_weight=energy_weight, force_weight=force_weight,
                                      config_type=config_type)
@@ -76,11 +91,11 @@ class Campaign:
                     self.labelled.add(key)
                 if report is not None and new:
                     report.labels_added += 1
+                return f.result()
 
-            fut.add_done_callback(store)
             if report is not None:
                 report.reference_calls += 1
-            futures.append(fut)
+            futures.append(then(fut, store))  # resolves once the label is in the store
         self._labels.extend(futures)
         return futures
 
@@ -132,13 +147,13 @@ class Campaign:
                 else:
                     clean.append(r)
 
-            futures = []
+            futures, handled = [], []
             for i, atoms in enumerate(structures):
                 spec = MDSpec(model=self.model, seed=1000 * iteration + i, **md)
                 fut = self.engine.submit(spec, [atoms])
-                fut.add_done_callback(on_md)
+                handled.append(then(fut, on_md))
                 futures.append(fut)
-            wait(futures)
+            wait(handled)
             results = [f.result() for f in futures if f.exception() is None]
             breached = [r for r in results if r.breached]
             worst = max((r.max_sigma_eV for r in results), default=float("nan"))
