@@ -41,6 +41,7 @@ class OptimiseResult(Strict):
     fmax_eV_per_A: float
     max_sigma_eV: float
     energies_eV: list[float]
+    breached: bool = Field(False, description="stopped at σ > σ_thr (only with stop_on_breach)")
 
 
 class NEBResult(Strict):
@@ -52,13 +53,22 @@ class NEBResult(Strict):
     converged: bool
     steps: int
     max_sigma_eV: float = Field(..., description="largest per-atom σ over the final images")
-    fmax_eV_per_A: float
+    fmax_eV_per_A: float = Field(
+        ...,
+        description="final convergence measure: largest per-atom NEB force, or with precon ASE's preconditioned "
+        "residual (climbing image included)",
+    )
+    sigma_per_image_eV: list[float] = Field(default_factory=list, description="largest per-atom σ of each image")
+    climbing_image: int | None = Field(None, description="index of the climbing (highest interior) image")
+    fmax_initial_eV_per_A: float | None = Field(None, description="largest NEB force on the starting band (step 0)")
 
 
 class MinimaHoppingResult(Strict):
     kind: Literal["minimahopping"] = "minimahopping"
     minima: list[AtomsField]
     energies_eV: list[float]
+    sigma_per_minimum_eV: list[float] = Field(default_factory=list, description="largest per-atom σ of each minimum")
+    hops: int = Field(0, description="MD + optimisation hops performed")
 
 
 class UmbrellaWindowResult(Strict):
@@ -68,6 +78,8 @@ class UmbrellaWindowResult(Strict):
     temperature_K: float
     cv_A: list[float] = Field(..., description="production CV time series d(i, j)")
     final: AtomsField
+    sample_interval_fs: float = Field(1.0, gt=0, description="time between CV samples")
+    max_sigma_eV: float | None = Field(None, description="largest per-atom σ at the sampled production steps")
 
 
 class NMRShieldingResult(Strict):
@@ -85,6 +97,8 @@ class TrainResult(Strict):
     train_rmse_energy_meV_per_atom: float | None = None
     train_rmse_forces_meV_per_A: float | None = None
     wall_s: float = 0.0
+    e0_eV: dict[str, float] = Field(default_factory=dict, description="element -> isolated-atom energy used")
+    commands: list[str] = Field(default_factory=list, description="gap_fit / mace_run_train command lines")
 
 
 TaskResult = Annotated[

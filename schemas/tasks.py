@@ -191,6 +191,15 @@ class MACEModelSpec(Strict):
         "energy", description="per-atom σ from committee std of atomic energies or of force components"
     )
 
+    @model_validator(mode="after")
+    def _seeds_match_committee(self):
+        if self.seeds is not None:
+            if len(self.seeds) != self.committee_size:
+                raise ValueError(f"seeds has {len(self.seeds)} entries but committee_size is {self.committee_size}")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ValueError("seeds must differ between committee members")
+        return self
+
 
 class MFNModelSpec(Strict):
     """Matrix function network MFN(MACE) (thesis ch. 6): MACE layers + learnable matrix functions.
@@ -294,10 +303,14 @@ class OptimiseSpec(TaskBase):
 
 
 class NEBSpec(TaskBase):
-    """ASE NEB between two endpoints (thesis §3.4.2: IDPP start, CI, spline + Exp preconditioner)."""
+    """ASE NEB between two endpoints (thesis §3.4.2: IDPP start, CI, spline + Exp preconditioner).
+
+    With `model` the band moves on the MLFF; with `reference` instead it is a reference NEB (the
+    validation of thesis §3.4.1, usually started from the MLFF's converged band)."""
 
     kind: Literal["neb"] = "neb"
-    model: ModelRef
+    model: ModelRef | None = None
+    reference: Reference | None = None
     n_images: int = Field(10, ge=1, description="intermediate images (endpoints excluded)")
     interpolation: Literal["idpp", "linear"] = "idpp"
     climb: bool = True
@@ -316,6 +329,8 @@ class NEBSpec(TaskBase):
     def _precon_needs_spline(self):
         if self.precon is not None and self.method not in ("spline", "string"):
             raise ValueError("precon='Exp' requires method='spline' or 'string' (ASE NEB)")
+        if (self.model is None) == (self.reference is None):
+            raise ValueError("neb: give exactly one of 'model' (MLFF NEB) or 'reference' (reference NEB)")
         return self
 
 
@@ -329,7 +344,8 @@ class MinimaHoppingSpec(TaskBase):
     mdmin: int = Field(2, ge=1)
     fmax_eV_per_A: float = Field(0.05, gt=0)
     timestep_fs: float = Field(1.0, gt=0)
-    n_minima: int = Field(10, ge=1, description="stop after this many minima were visited")
+    n_minima: int = Field(10, ge=1, description="stop once this many distinct minima are recorded")
+    max_hops: int = Field(100, ge=1, description="stop after this many MD + optimisation hops in any case")
     fixed_atoms: list[int] = Field(default_factory=list)
     seed: int = 0
 
@@ -352,6 +368,12 @@ class UmbrellaWindowSpec(TaskBase):
     fixed_atoms: list[int] = Field(default_factory=list)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _two_atoms(self):
+        if self.atom_i == self.atom_j:
+            raise ValueError("atom_i and atom_j must be different atoms")
+        return self
+
 
 class NMRShieldingSpec(TaskBase):
     """Magnetic shielding (and EFG) tensors: CASTEP magres or QE-GIPAW, or a precomputed .magres."""
@@ -359,15 +381,42 @@ class NMRShieldingSpec(TaskBase):
     kind: Literal["nmrshielding"] = "nmrshielding"
     code: Literal["castep", "qe-gipaw", "precomputed"] = "castep"
     xc_functional: str = "PBE"
-    cut_off_energy_eV: float = Field(884.0, gt=0)
-    kpoint_spacing_per_A: float | None = Field(0.25, gt=0)
+    cut_off_energy_eV: float = Field(884.0, gt=0, description="plane-wave cut-off (QE-GIPAW: ecutwfc)")
+    ecutrho_eV: float | None = Field(None, gt=0, description="QE-GIPAW charge cut-off; None = 4×cut-off (NC)")
+    kpoint_spacing_per_A: float | None = Field(
+        0.25, gt=0, description="max k-point spacing, 2π included; written as an explicit MP grid; None = Γ"
+    )
+    elec_energy_tol_eV: float = Field(1e-7, gt=0, description="SCF total-energy tolerance")
+    max_scf_steps: int = Field(100, gt=0)
     efg: bool = True
+    pseudopotentials: dict[str, str] = Field(
+        default_factory=dict, description="element -> file; CASTEP: empty = on-the-fly; QE-GIPAW: required"
+    )
+    pseudo_dir: str | None = Field(None, description="directory of the pseudopotentials (CASTEP PSPOT_DIR)")
+    executable: str | None = Field(
+        None, description="castep.mpi/castep.serial (by launch prefix) or gipaw.x when None"
+    )
+    pw_executable: str = Field("pw.x", description="QE-GIPAW: the SCF before gipaw.x")
+    q_gipaw: float = Field(0.01, gt=0, description="QE-GIPAW small-q for the induced current (bohr⁻¹)")
+    extra_param: dict[str, str | float | int | bool] = Field(default_factory=dict, description="CASTEP .param")
+    extra_input: dict[str, dict[str, float | int | str | bool]] = Field(
+        default_factory=dict, description="QE-GIPAW pw.x namelist entries"
+    )
+    timeout_s: float | None = Field(None, gt=0, description="per launched code")
     magres_file: str | None = Field(None, description="precomputed .magres (code='precomputed')")
+
+    @model_validator(mode="after")
+    def _precomputed_needs_file(self):
+        if self.code == "precomputed" and not self.magres_file:
+            raise ValueError("code='precomputed' needs magres_file")
+        return self
 
 
 class TrainSpec(TaskBase):
     """Fit an MLFF to the labelled structures passed in (info REF_energy, arrays REF_forces, info
-    REF_stress, and per-config weights info energy_weight/force_weight)."""
+    REF_stress, and per-config weights info energy_weight/force_weight). Single atoms with info
+    config_type="isolated_atom" give the per-element E0s; they are not fitted. device "auto" = the
+    site's device for the train executor."""
 
     kind: Literal["train"] = "train"
     model: ModelSpec = GAPModelSpec()

@@ -29,18 +29,32 @@ class GAPCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         a = self.atoms.copy()
-        a.calc = self.pot
-        energy = a.get_potential_energy()
-        forces = a.get_forces()
-        self.results = {"energy": energy, "free_energy": energy, "forces": forces}
+        props = ["energy", "forces", "energies"]
         if a.cell.rank == 3 and a.pbc.all():
-            self.results["stress"] = a.get_stress()
+            props.append("stress")
+        # one quippy call for everything, so the variance belongs to this very evaluation
+        self.pot.calculate(a, props, all_changes)
+        r = self.pot.results
+        self.results = {
+            "energy": float(r["energy"]),
+            "free_energy": float(r["energy"]),
+            "forces": np.array(r["forces"]),
+            "energies": np.array(r["energies"]),
+        }
+        if "stress" in props:
+            self.results["stress"] = np.array(r["stress"])
         var = np.asarray(self.pot.extra_results["atoms"]["local_gap_variance"], dtype=float).reshape(-1)
+        # quippy gives the predictive variance of each local energy in eV²
         self.results["sigma_per_atom"] = np.sqrt(np.clip(var, 0.0, None))
 
 
 class CommitteeCalculator(Calculator):
-    """Mean of K single-model calculators; σ from their spread (one evaluation per member)."""
+    """Mean of K single-model calculators; σ from their spread (one evaluation per member).
+
+    Members must report per-atom energies as results["energies"], summing to the total energy (mace
+    0.3.16's MACECalculator does; its "node_energy" has the E0s subtracted, so it would miss E0
+    differences between members).
+    """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies", "sigma_per_atom"]
 
@@ -58,7 +72,7 @@ class CommitteeCalculator(Calculator):
             a.calc = member
             energies.append(a.get_potential_energy())
             forces.append(a.get_forces())
-            local.append(np.asarray(member.results.get("node_energy", member.results.get("energies"))))
+            local.append(np.asarray(member.results["energies"], dtype=float))
             if periodic:
                 stresses.append(a.get_stress())
         forces = np.array(forces)
