@@ -1,0 +1,148 @@
+"""The NMR protocol (thesis chapter 5, §5.3): dynamic ¹⁷O (or other) NMR spectra across time-scales.
+
+Either explore with the MLFF (structure + model: minima hopping → NVT MD per minimum → shielding tasks) or
+give precomputed magres files per minimum (static structure, optionally MD samples): shielding needs
+CASTEP or QE-GIPAW, which run only on sites that have them. Rates come from NEB + vibrational analysis
+with the MLFF, or are given. Relative file paths resolve against the protocol file's folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, PrivateAttr, model_validator
+
+from .base import Strict
+from .tasks import NMRShieldingSpec
+
+
+class MLFFFiles(Strict):
+    """A trained MLFF: its files (one per committee member)."""
+
+    model: Literal["gap", "mace"]
+    paths: list[str] = Field(..., min_length=1)
+    uncertainty: Literal["energy", "forces"] = "energy"
+
+
+class NMRExploration(Strict):
+    """§5.3.1 minima hopping (ase.optimize.minimahopping) with the MLFF; minima de-duplicated by SOAP."""
+
+    T0_K: float = Field(1000.0, gt=0)
+    Ediff0_eV: float = Field(0.5, gt=0)
+    mdmin: int = Field(2, ge=1)
+    fmax_eV_per_A: float = Field(0.05, gt=0)
+    timestep_fs: float = Field(1.0, gt=0)
+    n_minima: int = Field(10, ge=1, description="minima hopping stops once this many minima are recorded")
+    max_hops: int = Field(100, ge=1)
+    seed: int = 0
+    soap_distance: float = Field(
+        0.05, gt=0, description="two minima are the same if every atom's SOAP distance √(2−2k) is below this "
+        "(per atom, not averaged: a group rotation that swaps two sites' environments is a distinct minimum)"
+    )
+    energy_window_eV: float = Field(0.5, gt=0, description="keep minima within this window above the lowest")
+    max_minima: int = Field(4, ge=1, description="keep at most this many (lowest) minima; NEBs grow as n²")
+
+
+class NMRSampling(Strict):
+    """NVT MD per minimum with the MLFF; n_samples configurations, evenly spaced, go to shielding tasks."""
+
+    temperature_K: float = Field(300.0, gt=0)
+    timestep_fs: float = Field(0.5, gt=0)
+    steps: int = Field(2000, gt=0, description="steps per minimum (all samples together)")
+    n_samples: int = Field(10, ge=0, description="0 = no fast-regime averaging (panels C, D omitted)")
+    friction_per_fs: float = Field(0.01, gt=0)
+    sigma_thr_eV: float = Field(0.2, gt=0, description="MD segments stop above this per-atom σ (reported)")
+    seed: int = 0
+
+
+class NMRRates(Strict):
+    """Rates between minima: CI-NEB + harmonic TST with the Vineyard prefactor (ASE Vibrations)."""
+
+    temperature_K: float = Field(300.0, gt=0)
+    n_images: int = Field(7, ge=1)
+    fmax_eV_per_A: float = Field(0.05, gt=0)
+    max_steps: int = Field(500, gt=0)
+    vibration_atoms: list[int] | None = Field(
+        None, description="atoms displaced in the vibrational analysis (None = all unfixed atoms)"
+    )
+    vibration_delta_A: float = Field(0.01, gt=0)
+    n_zero_modes: int = Field(0, ge=0, description="translation/rotation modes to drop (6 for a free molecule)")
+    rates_Hz: list[tuple[int, int, float]] | None = Field(
+        None, description="given rates [i, j, k_i→j] instead of NEB (minima in protocol order), one direction "
+        "per pair; the reverse follows from detailed balance"
+    )
+    populations: list[float] | None = Field(
+        None, description="equilibrium populations of the minima with given rates (None: Boltzmann factors of "
+        "the MLFF energies, or equal without a model)"
+    )
+
+
+class NMRSpectrumSettings(Strict):
+    """Acquisition and the observed nucleus (the thesis: ¹⁷O, 23.5 T, 20 kHz MAS)."""
+
+    isotope: str = "17O"
+    element: str = "O"
+    sigma_ref_ppm: float = Field(..., description="σ_ref of δ = σ_ref − σ for this nucleus and method")
+    nuclei: list[int] | None = Field(None, description="atom indices observed (None = every atom of element)")
+    field_T: float = Field(23.5, gt=0)
+    mas: bool = True
+    fwhm_Hz: float = Field(300.0, gt=0, description="Lorentzian broadening")
+    ppm_min: float = -100.0
+    ppm_max: float = 400.0
+    n_points: int = Field(4096, ge=64)
+    orientation_scheme: Literal["zcw", "lebedev"] = "zcw"
+    n_orientations: int = Field(2000, ge=13, description="ZCW: at least this many; Lebedev: rule degree")
+    experimental: str | None = Field(None, description="two-column file (ppm, intensity)")
+    score_window_ppm: tuple[float, float] | None = Field(None, description="ppm range scored against experiment")
+
+
+class PrecomputedMinimum(Strict):
+    """One minimum given as magres files: its structure (static) and, optionally, MD samples."""
+
+    static: str = Field(..., description=".magres of the minimum structure")
+    samples: list[str] = Field(default_factory=list, description=".magres files of MD samples")
+
+
+class NMRProtocol(Strict):
+    workflow: Literal["nmr"]
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    model: MLFFFiles | None = None
+    structure: str | None = Field(None, description="start structure (ASE-readable)")
+    fixed_atoms: list[int] = Field(default_factory=list)
+    precomputed: list[PrecomputedMinimum] | None = Field(None, description="minima as magres files; no exploration")
+    exploration: NMRExploration = NMRExploration()
+    sampling: NMRSampling = NMRSampling()
+    shielding: NMRShieldingSpec = NMRShieldingSpec()
+    rates: NMRRates = NMRRates()
+    spectrum: NMRSpectrumSettings
+
+    _base_dir: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _sources(self):
+        if self.precomputed is None:
+            if self.structure is None or self.model is None:
+                raise ValueError("give 'structure' and 'model' (exploration) or 'precomputed' magres files")
+            if self.shielding.code == "precomputed":
+                raise ValueError("shielding.code 'precomputed' needs the 'precomputed' list of magres files")
+        elif not self.precomputed:
+            raise ValueError("precomputed: list at least one minimum")
+        n = len(self.precomputed) if self.precomputed else None
+        if n and n > 1 and self.model is None and self.rates.rates_Hz is None:
+            raise ValueError("rates between precomputed minima need 'model' (NEB) or rates.rates_Hz")
+        if self.rates.rates_Hz and n:
+            pairs = set()
+            for i, j, k in self.rates.rates_Hz:
+                if not (0 <= i < n and 0 <= j < n) or i == j or k < 0:
+                    raise ValueError(f"rates.rates_Hz: bad entry [{i}, {j}, {k}] for {n} minima")
+                if frozenset((i, j)) in pairs:
+                    raise ValueError(f"rates.rates_Hz: pair ({i}, {j}) given twice; give one direction per pair")
+                pairs.add(frozenset((i, j)))
+        pops = self.rates.populations
+        if pops is not None and (n is None or len(pops) != n or min(pops) <= 0):
+            raise ValueError("rates.populations: one positive number per precomputed minimum")
+        return self
+
+    def path(self, name: str) -> Path:
+        p = Path(name)
+        return p if p.is_absolute() or self._base_dir is None else self._base_dir / p

@@ -1,0 +1,242 @@
+"""`nmrshielding` task: magnetic shielding σ (ppm) and EFG V (a.u.) tensors of every atom of one structure.
+
+code='castep'      writes <seed>.cell / <seed>.param (task: magres, magres_task: nmr = shielding + EFG,
+                   or shielding only), runs CASTEP through the site's launch prefix and reads <seed>.magres.
+code='qe-gipaw'    pw.x SCF (prefix 'gipaw'), then gipaw.x with job='nmr' (and job='efg'); gipaw.x ≥ 7 writes
+                   gipaw.nmr.magres / gipaw.efg.magres, read with the same magres reader. Needs GIPAW
+                   pseudopotentials (with reconstruction data) named in spec.pseudopotentials.
+code='precomputed' reads spec.magres_file (any CASTEP or QE-GIPAW .magres).
+Codes reorder atoms (CASTEP groups them by species), so magres atoms are matched back to the input
+structure by position; a magres file of another structure is an error, not a silently wrong label.
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.units import Ry
+
+from schemas.results import NMRShieldingResult
+from schemas.tasks import NMRShieldingSpec
+
+from .context import TaskContext
+from .errors import SCFNotConverged, UnphysicalResult
+from .references import (
+    ReferenceFailed,
+    ReferenceSetupError,
+    castep_scf_failed,
+    classify_launch_failure,
+    kpoint_grid,
+    required_binaries,
+    run_command,
+)
+
+SEED = "magres"
+
+
+def run(spec: NMRShieldingSpec, structures: list[Atoms], ctx: TaskContext) -> NMRShieldingResult:
+    if len(structures) > 1:
+        raise ValueError(f"nmrshielding takes one structure, got {len(structures)}")
+    atoms = structures[0] if structures else None
+    if spec.code == "precomputed":
+        magres, source = read_magres_file(spec.magres_file), f"precomputed:{spec.magres_file}"
+    elif atoms is None:
+        raise ValueError("nmrshielding with code 'castep' or 'qe-gipaw' needs the structure")
+    elif spec.code == "castep":
+        magres, source = _run_castep(spec, atoms, ctx), f"castep:{spec.xc_functional}"
+    else:
+        magres, source = _run_gipaw(spec, atoms, ctx), f"qe-gipaw:{spec.xc_functional}"
+    return to_result(magres, atoms, source, spec.efg)
+
+
+def read_magres_file(path: str | Path | None) -> Atoms:
+    from ase.io import read
+
+    if path is None:
+        raise ValueError("code='precomputed' needs magres_file")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"magres_file {path} does not exist")
+    atoms = read(str(path), format="magres")
+    if "ms" not in atoms.arrays:
+        raise ValueError(f"{path}: no shielding ('ms') tensors in its [magres] block")
+    return atoms
+
+
+def match_atoms(reference: Atoms, other: Atoms, tol_A: float = 1e-3) -> np.ndarray:
+    """perm with other[perm[i]] the atom of reference[i] (same element, same position modulo the cell)."""
+    if len(reference) != len(other):
+        raise ValueError(f"magres has {len(other)} atoms, the structure {len(reference)}")
+    d = other.positions[None, :, :] - reference.positions[:, None, :]
+    if reference.cell.rank == 3:
+        frac = np.linalg.solve(reference.cell.array.T, d.reshape(-1, 3).T).T
+        frac[:, reference.pbc] -= np.round(frac[:, reference.pbc])
+        d = (frac @ reference.cell.array).reshape(d.shape)
+    dist = np.linalg.norm(d, axis=-1)
+    perm = dist.argmin(axis=1)
+    ok = (dist[np.arange(len(reference)), perm] < tol_A) & (
+        np.array(other.get_chemical_symbols())[perm] == np.array(reference.get_chemical_symbols()))
+    if not ok.all() or len(set(perm)) != len(perm):
+        bad = np.where(~ok)[0][:5].tolist()
+        raise ValueError(f"magres atoms do not match the structure (first unmatched atoms {bad}, tolerance {tol_A} Å)")
+    return perm
+
+
+def to_result(magres: Atoms, atoms: Atoms | None, source: str, efg: bool = True) -> NMRShieldingResult:
+    perm = np.arange(len(magres)) if atoms is None else match_atoms(atoms, magres)
+    ms = magres.get_array("ms")[perm]
+    efg_au = magres.get_array("efg")[perm] if efg and "efg" in magres.arrays else None
+    if efg and efg_au is None:
+        raise UnphysicalResult(f"{source}: EFG tensors requested but none in the magres output")
+    for name, t in (("shielding", ms), ("efg", efg_au)):
+        if t is not None and not np.isfinite(t).all():
+            raise UnphysicalResult(f"{source}: non-finite {name} tensors")
+    out = (atoms if atoms is not None else magres).copy()
+    out.calc = None
+    for key in list(out.arrays):
+        if key not in ("numbers", "positions"):
+            del out.arrays[key]
+    return NMRShieldingResult(atoms=out, shielding_ppm=ms.tolist(),
+                              efg_au=None if efg_au is None else efg_au.tolist(), source=source)
+
+
+# ---------------------------------------------------------------------------------------------- CASTEP
+
+
+def castep_inputs(spec: NMRShieldingSpec, atoms: Atoms) -> tuple[str, str]:
+    """(.cell, .param) text of a CASTEP magres calculation."""
+    import io
+
+    from ase.io import write
+
+    if atoms.cell.rank < 3:
+        raise ReferenceSetupError("castep: the structure needs a 3D cell (a box around a molecule)")
+    buf = io.StringIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ASE looks for a CASTEP binary to build its keyword list
+        write(buf, atoms, format="castep-cell", positions_frac=True, precision=10)
+    cell = buf.getvalue()
+    cell += "\nKPOINTS_MP_GRID %d %d %d\n" % kpoint_grid(atoms, spec.kpoint_spacing_per_A)
+    if spec.pseudopotentials:
+        cell += "\n%BLOCK SPECIES_POT\n"
+        for element in sorted(set(atoms.get_chemical_symbols())):
+            if element in spec.pseudopotentials:
+                cell += f"{element} {spec.pseudopotentials[element]}\n"
+        cell += "%ENDBLOCK SPECIES_POT\n"
+    param = {
+        "TASK": "MAGRES",
+        "MAGRES_TASK": "NMR" if spec.efg else "SHIELDING",
+        "XC_FUNCTIONAL": spec.xc_functional,
+        "CUT_OFF_ENERGY": f"{spec.cut_off_energy_eV} eV",
+        "FIX_OCCUPANCY": "TRUE",  # insulators: shielding needs occupied/empty separation
+        "ELEC_ENERGY_TOL": f"{spec.elec_energy_tol_eV / len(atoms):.3e} eV",  # CASTEP: per atom
+        "MAX_SCF_CYCLES": spec.max_scf_steps,
+        "WRITE_CHECKPOINT": "NONE",
+    }
+    param.update({k.upper(): v for k, v in spec.extra_param.items()})
+    text = "".join(f"{k} : {v}\n" for k, v in param.items())
+    return cell, text
+
+
+def _run_castep(spec: NMRShieldingSpec, atoms: Atoms, ctx: TaskContext) -> Atoms:
+    work = Path(ctx.workdir)
+    cell, param = castep_inputs(spec, atoms)
+    _write(work / f"{SEED}.cell", cell)
+    _write(work / f"{SEED}.param", param)
+    executable = spec.executable or ("castep.mpi" if ctx.launch else "castep.serial")
+    argv = shlex.split(ctx.launch) + shlex.split(executable) + [SEED]
+    env = {"OMP_NUM_THREADS": str(ctx.threads), **ctx.env}
+    if spec.pseudo_dir:
+        env["PSPOT_DIR"] = spec.pseudo_dir
+    _launch(argv, work, "castep", env, spec.timeout_s, required_binaries(ctx, executable))
+    castep_out = work / f"{SEED}.castep"
+    if castep_out.is_file() and castep_scf_failed(castep_out.read_text(errors="replace")):
+        raise SCFNotConverged(f"castep: SCF not converged ({castep_out})")
+    err = sorted(work.glob(f"{SEED}.*.err"))
+    if err and err[0].read_text(errors="replace").strip():
+        raise ReferenceFailed(f"castep stopped with an error file {err[0]}:\n{err[0].read_text()[-3000:]}")
+    magres = work / f"{SEED}.magres"
+    if not magres.is_file():
+        raise ReferenceFailed(f"castep finished without writing {magres}")
+    return read_magres_file(magres)
+
+
+# ---------------------------------------------------------------------------------------------- QE-GIPAW
+
+
+def gipaw_inputs(spec: NMRShieldingSpec, atoms: Atoms) -> tuple[str, dict[str, str]]:
+    """(pw.x SCF input, {job: gipaw.x input}) for prefix 'gipaw' in outdir 'out'."""
+    import io
+
+    from ase.io.espresso import write_espresso_in
+
+    if atoms.cell.rank < 3:
+        raise ReferenceSetupError("qe-gipaw: the structure needs a 3D cell (a box around a molecule)")
+    missing = sorted(set(atoms.get_chemical_symbols()) - set(spec.pseudopotentials))
+    if missing:
+        raise ReferenceSetupError(f"qe-gipaw: no GIPAW pseudopotential given for {missing} (pseudopotentials)")
+    ecutwfc = spec.cut_off_energy_eV / Ry
+    input_data = {
+        "control": {"calculation": "scf", "prefix": "gipaw", "outdir": "out",
+                    "pseudo_dir": spec.pseudo_dir or "."},
+        "system": {"ecutwfc": ecutwfc, "ecutrho": (spec.ecutrho_eV / Ry) if spec.ecutrho_eV else 4 * ecutwfc,
+                   "input_dft": spec.xc_functional},
+        "electrons": {"conv_thr": spec.elec_energy_tol_eV / Ry, "electron_maxstep": spec.max_scf_steps},
+    }
+    for section, entries in spec.extra_input.items():
+        input_data.setdefault(section, {}).update(entries)
+    grid = kpoint_grid(atoms, spec.kpoint_spacing_per_A)
+    buf = io.StringIO()
+    write_espresso_in(buf, atoms, input_data=input_data, pseudopotentials=dict(spec.pseudopotentials),
+                      kpts=grid, koffset=(0, 0, 0))
+    jobs = {"nmr": "&inputgipaw\n  job = 'nmr'\n  prefix = 'gipaw'\n  tmp_dir = './out/'\n"
+                   f"  q_gipaw = {spec.q_gipaw}\n  spline_ps = .true.\n  use_nmr_macroscopic_shape = .true.\n/\n"}
+    if spec.efg:
+        jobs["efg"] = "&inputgipaw\n  job = 'efg'\n  prefix = 'gipaw'\n  tmp_dir = './out/'\n/\n"
+    return buf.getvalue(), jobs
+
+
+def _run_gipaw(spec: NMRShieldingSpec, atoms: Atoms, ctx: TaskContext) -> Atoms:
+    work = Path(ctx.workdir)
+    pw_in, jobs = gipaw_inputs(spec, atoms)
+    env = {"OMP_NUM_THREADS": str(ctx.threads), **ctx.env}
+    _write(work / "scf.pwi", pw_in)
+    pw = shlex.split(ctx.launch) + shlex.split(spec.pw_executable) + ["-in", "scf.pwi"]
+    _launch(pw, work, "pw", env, spec.timeout_s, required_binaries(ctx, spec.pw_executable))
+    if "convergence NOT achieved" in (work / "pw.out").read_text(errors="replace"):
+        raise SCFNotConverged("qe-gipaw: pw.x SCF not converged")
+    gipaw_exe = spec.executable or "gipaw.x"
+    files = {}
+    for job, text in jobs.items():
+        _write(work / f"{job}.in", text)
+        argv = shlex.split(ctx.launch) + shlex.split(gipaw_exe) + ["-in", f"{job}.in"]
+        _launch(argv, work, f"gipaw-{job}", env, spec.timeout_s, required_binaries(ctx, gipaw_exe))
+        files[job] = work / f"gipaw.{job}.magres"
+        if not files[job].is_file():
+            raise ReferenceFailed(f"gipaw.x (job={job}) wrote no {files[job].name}; gipaw.x ≥ 7 writes magres files")
+    magres = read_magres_file(files["nmr"])
+    if "efg" in files:
+        from ase.io import read
+
+        efg = read(str(files["efg"]), format="magres")
+        magres.set_array("efg", efg.get_array("efg")[match_atoms(magres, efg)])
+    return magres
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _launch(argv, workdir: Path, name: str, env, timeout_s, binaries) -> None:
+    try:
+        run_command(argv, workdir, f"{name}.out", f"{name}.err", env, timeout_s, binaries)
+    except subprocess.CalledProcessError as exc:
+        raise classify_launch_failure(name, exc.returncode, exc.stderr or "") from exc

@@ -1,0 +1,316 @@
+"""Dynamic NMR spectra across time-scales (thesis §5.3, Fig. 5.1), read side by side with the thesis.
+
+§5.3.1 exploration    minima hopping with the MLFF; minima de-duplicated by per-atom SOAP distance
+                      NVT MD at each minimum; configurations sampled along it
+          shielding    `nmrshielding` tasks for every minimum and every sample, concurrently
+§5.3.2 fast regime     σ_eff^(i), V_eff^(i): element-wise mean over the samples of minimum i (Eq. 5.10)
+       rates           CI-NEB between minima pairs; harmonic TST with the Vineyard prefactor (ASE Vibrations)
+       intermediate    jump model between the minima's tensors with the rate matrix K
+       fast + interm.  jump model between the MD-averaged tensors
+Fig. 5.1               panels A static, B intermediate, C fast, D fast + intermediate, over the experiment.
+With `precomputed` magres files the exploration, MD and shielding stages are read from the files.
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.io import read
+
+from schemas.tasks import MDSpec, MinimaHoppingSpec, ModelRef, NEBSpec, NMRShieldingSpec
+from tasks.nmr import averaging, exchange, rates, spectra, tensors
+from workflows.engine import TaskFailed
+
+
+def plan(protocol) -> list[str]:
+    p, s = protocol, protocol.spectrum
+    lines = []
+    if p.precomputed:
+        n_samples = sum(len(m.samples) for m in p.precomputed)
+        lines.append(f"minima from {len(p.precomputed)} precomputed magres file(s), {n_samples} MD sample(s)")
+    else:
+        e, md = p.exploration, p.sampling
+        lines += [f"minima hopping ({p.model.model}) from {p.structure}: up to {e.n_minima} minima, keep "
+                  f"≤ {e.max_minima} within {e.energy_window_eV} eV (SOAP distance {e.soap_distance})",
+                  f"NVT MD per minimum: {md.steps} × {md.timestep_fs} fs at {md.temperature_K} K, "
+                  f"{md.n_samples} samples",
+                  f"nmrshielding ({p.shielding.code}) per minimum and per sample"]
+    if p.rates.rates_Hz is not None:
+        lines.append(f"rates given for {len(p.rates.rates_Hz)} pair(s)")
+    else:
+        lines.append(f"CI-NEB ({p.rates.n_images} images) + vibrational analysis per minima pair, "
+                     f"T = {p.rates.temperature_K} K")
+    lines.append(f"spectra: {s.isotope} at {s.field_T} T, {'MAS (infinite spinning speed)' if s.mas else 'static'}, "
+                 f"{s.orientation_scheme} {s.n_orientations} orientations, four panels of Fig. 5.1"
+                 + (f", against {s.experimental}" if s.experimental else ""))
+    return lines
+
+
+def run(protocol, engine, store, progress) -> dict:
+    return NMRWorkflow(protocol, engine, store, progress).run()
+
+
+class NMRWorkflow:
+    def __init__(self, protocol, engine, store, progress):
+        self.p, self.engine, self.store, self.progress = protocol, engine, store, progress
+        if getattr(store, "protocol_dir", None) is not None and protocol._base_dir is None:
+            protocol._base_dir = Path(store.protocol_dir)
+        self.model = None
+        if protocol.model is not None:
+            from tasks.train import files_sha256
+
+            paths = [str(protocol.path(x)) for x in protocol.model.paths]
+            self.model = ModelRef(model=protocol.model.model, paths=paths, uncertainty=protocol.model.uncertainty,
+                                  sha256=files_sha256([Path(x) for x in paths]))
+
+    # ------------------------------------------------------------------ the workflow, in the thesis's order
+    def run(self) -> dict:
+        if self.p.precomputed:
+            minima, static, samples = self.read_precomputed()
+        else:
+            minima = self.explore()  # §5.3.1
+            md_samples = self.sample_md(minima)
+            static, samples = self.shielding(minima, md_samples)
+        fast = [averaging.average_results(s) if s else None for s in samples]  # Eq. 5.10
+        K, p_eq, rate_table = self.rate_matrix(minima)
+        panels, scores, report = self.spectra(static, fast, K, p_eq)
+        summary = {
+            "n_minima": len(minima),
+            "populations": p_eq.tolist(),
+            "rates": rate_table,
+            "sites": self.site_table(static, fast),
+            "similarity": scores,
+            "report": report,
+        }
+        self.store.write_json("nmr/summary.json", summary)
+        return {"nmr": summary}
+
+    # ------------------------------------------------------------------ §5.3.1 exploration of dynamic events
+    def explore(self) -> list[Atoms]:
+        e = self.p.exploration
+        self.progress.set_stage("minima hopping")
+        start = read(self.p.path(self.p.structure))
+        spec = MinimaHoppingSpec(model=self.model, T0_K=e.T0_K, Ediff0_eV=e.Ediff0_eV, mdmin=e.mdmin,
+                                 fmax_eV_per_A=e.fmax_eV_per_A, timestep_fs=e.timestep_fs, n_minima=e.n_minima,
+                                 max_hops=e.max_hops, fixed_atoms=self.p.fixed_atoms, seed=e.seed)
+        mh = self.engine.submit(spec, [start]).result()
+        order = np.argsort(mh.energies_eV)
+        kept = []
+        for i in order:
+            if mh.energies_eV[i] - mh.energies_eV[order[0]] > e.energy_window_eV or len(kept) == e.max_minima:
+                break
+            if all(soap_distance(mh.minima[i], k) >= e.soap_distance for k in kept):
+                kept.append(mh.minima[i])
+        self.progress.log(f"{len(mh.minima)} minima visited, {len(kept)} distinct kept")
+        return kept
+
+    def sample_md(self, minima: list[Atoms]) -> list[list[Atoms]]:
+        """n_samples MD segments per minimum, each continuing the last; the segment ends are the samples.
+        A segment whose per-atom σ exceeds sampling.sigma_thr_eV ends that minimum's sampling: configurations
+        outside the model's domain are not worth a shielding calculation."""
+        md = self.p.sampling
+        if md.n_samples == 0:
+            return [[] for _ in minima]
+        self.progress.set_stage(f"NVT MD at {len(minima)} minima")
+        per_segment = max(1, md.steps // md.n_samples)
+        current: list[Atoms | None] = list(minima)
+        samples: list[list[Atoms]] = [[] for _ in minima]
+        for seg in range(md.n_samples):  # minima in parallel, segments in sequence
+            futs = {i: self.engine.submit(MDSpec(model=self.model, temperature_K=md.temperature_K,
+                                                 timestep_fs=md.timestep_fs, steps=per_segment,
+                                                 friction_per_fs=md.friction_per_fs, sigma_thr_eV=md.sigma_thr_eV,
+                                                 seed=md.seed + 1000 * i + seg, fixed_atoms=self.p.fixed_atoms),
+                                          [a]) for i, a in enumerate(current) if a is not None}
+            for i, fut in futs.items():
+                res = _ok(fut, self.progress)
+                if res is None or res.breached:
+                    why = "failed" if res is None else f"reached σ = {res.max_sigma_eV:.3f} eV"
+                    self.progress.log(f"minimum {i}: MD segment {seg} {why}; {len(samples[i])} samples kept")
+                    current[i] = None
+                    continue
+                current[i] = res.final
+                samples[i].append(res.final)
+        return samples
+
+    def shielding(self, minima, md_samples):
+        self.progress.set_stage("shielding tasks")
+        spec = self.p.shielding
+        static_f = [self.engine.submit(spec, [m]) for m in minima]
+        sample_f = [[self.engine.submit(spec, [a]) for a in s] for s in md_samples]
+        static = [f.result() for f in static_f]
+        samples = [[r for r in (_ok(f, self.progress) for f in fs) if r is not None] for fs in sample_f]
+        return static, samples
+
+    def read_precomputed(self):
+        self.progress.set_stage("reading magres files")
+
+        def spec(path):
+            return NMRShieldingSpec(code="precomputed", magres_file=str(self.p.path(path)), efg=self.p.shielding.efg)
+
+        static_f = [self.engine.submit(spec(m.static), []) for m in self.p.precomputed]
+        sample_f = [[self.engine.submit(spec(s), []) for s in m.samples] for m in self.p.precomputed]
+        static = [f.result() for f in static_f]
+        samples = [[f.result() for f in fs] for fs in sample_f]
+        return [r.atoms for r in static], static, samples
+
+    # ------------------------------------------------------------------ rates: NEB + harmonic TST
+    def rate_matrix(self, minima: list[Atoms]):
+        r, n = self.p.rates, len(minima)
+        if n == 1:
+            return np.zeros((1, 1)), np.ones(1), []
+        if r.rates_Hz is not None:
+            if r.populations is not None:
+                p_eq = np.asarray(r.populations, float) / np.sum(r.populations)
+            elif self.model is not None:
+                from tasks.mlff import load_mlff
+
+                calc = load_mlff(self.model)
+                p_eq = rates.harmonic_populations([_energy(m, calc) for m in minima], None, r.temperature_K)
+            else:
+                p_eq = np.full(n, 1.0 / n)
+            K = exchange.detailed_balance_rate_matrix(p_eq, {(i, j): k for i, j, k in r.rates_Hz})
+            return K, p_eq, [{"i": i, "j": j, "k_Hz": k, "source": "given"} for i, j, k in r.rates_Hz]
+
+        from tasks.mlff import load_mlff
+
+        self.progress.set_stage(f"NEB between {n * (n - 1) // 2} minima pairs")
+        spec = NEBSpec(model=self.model, n_images=r.n_images, fmax_eV_per_A=r.fmax_eV_per_A,
+                       max_steps=r.max_steps, fixed_atoms=self.p.fixed_atoms)
+        pairs = list(combinations(range(n), 2))
+        futs = {pair: self.engine.submit(spec, [minima[pair[0]], minima[pair[1]]]) for pair in pairs}
+        calc = load_mlff(self.model)
+        vib_atoms = r.vibration_atoms or [i for i in range(len(minima[0])) if i not in set(self.p.fixed_atoms)]
+        workdir = self.store.run_dir / "nmr" / "vibrations"
+        self.progress.set_stage("vibrational analysis")
+        freqs = [rates.vibrational_frequencies_Hz(m, calc, workdir / f"min{i}-{_key(m)}", vib_atoms,
+                                                  r.vibration_delta_A) for i, m in enumerate(minima)]
+        energies = [_energy(m, calc) for m in minima]
+        p_eq = rates.harmonic_populations(energies, freqs, r.temperature_K, r.n_zero_modes)
+        forward, table = {}, []
+        for (i, j), fut in futs.items():
+            neb = _ok(fut, self.progress)
+            if neb is None:
+                table.append({"i": i, "j": j, "status": "neb failed"})
+                continue
+            ts = neb.images[int(np.argmax(neb.energies_eV))]
+            f_ts = rates.vibrational_frequencies_Hz(ts, calc, workdir / f"ts{i}-{j}-{_key(ts)}", vib_atoms,
+                                                    r.vibration_delta_A)
+            e_ts = max(neb.energies_eV)
+            lo = i if energies[i] <= energies[j] else j  # rate out of the lower minimum; reverse by balance
+            try:
+                nu = rates.vineyard_prefactor_Hz(freqs[lo], f_ts, r.n_zero_modes)
+            except ValueError as err:
+                table.append({"i": i, "j": j, "status": f"no rate: {err}"})
+                continue
+            k = rates.harmonic_tst_rate_Hz(e_ts - energies[lo], r.temperature_K, nu)
+            forward[(lo, j if lo == i else i)] = k
+            table.append({"i": i, "j": j, "barrier_eV": e_ts - energies[lo], "from": lo, "prefactor_Hz": nu,
+                          "k_Hz": k, "k_eyring_Hz": rates.eyring_rate_Hz(e_ts - energies[lo], r.temperature_K),
+                          "neb_converged": neb.converged, "max_sigma_eV": neb.max_sigma_eV})
+        return exchange.detailed_balance_rate_matrix(p_eq, forward), p_eq, table
+
+    # ------------------------------------------------------------------ Fig. 5.1
+    def nuclei(self, atoms: Atoms) -> list[int]:
+        s = self.p.spectrum
+        return s.nuclei if s.nuclei is not None else [i for i, x in enumerate(atoms.get_chemical_symbols())
+                                                      if x == s.element]
+
+    def stacks(self, tensor_sets):
+        """(δ, Q) stacks (n_minima, n_nuclei, 3, 3) from per-minimum (σ, V) of all atoms."""
+        s = self.p.spectrum
+        idx = self.nuclei_idx
+        delta = np.array([tensors.chemical_shift(np.asarray(sig)[idx], s.sigma_ref_ppm) for sig, _ in tensor_sets])
+        if not self.quadrupolar or any(v is None for _, v in tensor_sets):
+            return delta, None
+        Q = np.array([tensors.quadrupole_tensor_Hz(np.asarray(v)[idx], s.isotope) for _, v in tensor_sets])
+        return delta, Q
+
+    def spectra(self, static, fast, K, p_eq):
+        s = self.p.spectrum
+        self.progress.set_stage("spectra")
+        self.nuclei_idx = self.nuclei(static[0].atoms)
+        if not self.nuclei_idx:
+            raise ValueError(f"no {s.element} atoms to observe")
+        exp = spectra.Experiment(isotope=s.isotope, field_T=s.field_T, mas=s.mas, fwhm_Hz=s.fwhm_Hz,
+                                 ppm_min=s.ppm_min, ppm_max=s.ppm_max, n_points=s.n_points,
+                                 orientation_scheme=s.orientation_scheme, n_orientations=s.n_orientations)
+        static_stack = self.stacks([(r.shielding_ppm, r.efg_au) for r in static])
+        fast_stack = self.stacks(fast) if all(f is not None for f in fast) else None
+        panels = spectra.four_panels(static_stack, fast_stack, K, p_eq, exp)
+        axis = exp.axis_ppm
+        scores, experimental = {}, None
+        if s.experimental:
+            experimental = spectra.load_experimental(self.p.path(s.experimental))
+            scores = {k: spectra.similarity(axis, v.sum(axis=0), *experimental, s.score_window_ppm)
+                      for k, v in panels.items()}
+        symbols = static[0].atoms.get_chemical_symbols()
+        labels = [f"{symbols[i]}{i}" for i in self.nuclei_idx]
+        png = spectra.plot_panels(self.store.run_dir / "report" / "nmr_spectra.png", axis, panels, labels,
+                                  experimental, scores)
+        self.store.write_json("nmr/spectra.json", {"ppm": axis.tolist(), "nuclei": labels,
+                                                   **{k: v.tolist() for k, v in panels.items()}})
+        return panels, scores, {"png": str(png.relative_to(self.store.run_dir)), "data": "nmr/spectra.json"}
+
+    @property
+    def quadrupolar(self) -> bool:
+        """Half-integer spin ≥ 3/2: the central transition carries the second-order quadrupolar shift."""
+        return tensors.SPIN.get(self.p.spectrum.isotope, 0.5) >= 1.5
+
+    def site_table(self, static, fast) -> list[dict]:
+        s = self.p.spectrum
+        rows = []
+        for m, res in enumerate(static):
+            sets = {"static": (np.asarray(res.shielding_ppm), res.efg_au)}
+            if fast[m] is not None:
+                sets["fast"] = fast[m]
+            for a in self.nuclei_idx:
+                row = {"minimum": m, "atom": a}
+                for name, (sig, v) in sets.items():
+                    row[f"{name}_delta_iso_ppm"] = float(s.sigma_ref_ppm - tensors.isotropic(np.asarray(sig)[a]))
+                    if v is not None and self.quadrupolar:
+                        row[f"{name}_CQ_MHz"] = float(tensors.cq_Hz(np.asarray(v)[a], s.isotope) / 1e6)
+                        row[f"{name}_eta_Q"] = float(tensors.eta_q(np.asarray(v)[a]))
+                rows.append(row)
+        return rows
+
+
+def _ok(fut: Future, progress):
+    try:
+        return fut.result()
+    except TaskFailed as err:
+        first = err.message.splitlines()[0] if err.message else ""
+        progress.log(f"{err.kind} task failed ({err.failure_class}): {first}")
+        return None
+
+
+def _key(atoms: Atoms) -> str:
+    """Short content hash: ASE Vibrations caches displacements by directory, so one per structure."""
+    import hashlib
+
+    h = hashlib.sha256(atoms.numbers.tobytes() + np.round(atoms.positions, 6).tobytes() + atoms.cell.array.tobytes())
+    return h.hexdigest()[:12]
+
+
+def _energy(atoms: Atoms, calc) -> float:
+    a = atoms.copy()
+    a.calc = calc
+    return float(a.get_potential_energy())
+
+
+def soap_distance(a: Atoms, b: Atoms, cutoff_A: float = 4.0) -> float:
+    """max over atoms of √(2 − 2 p_i·q_i), p, q normalised SOAP vectors of the same atom in a and b.
+
+    Per atom rather than per structure: minima related by a symmetry that permutes nuclei (a hydroxyl turned
+    by 180°) have identical averaged descriptors but are distinct NMR environments."""
+    from quippy.descriptors import Descriptor
+
+    if a.get_chemical_symbols() != b.get_chemical_symbols():
+        raise ValueError("minima must have the same atoms in the same order")
+    zs = sorted(set(a.numbers))
+    desc = Descriptor(f"soap cutoff={cutoff_A} l_max=4 n_max=6 atom_sigma=0.5 n_species={len(zs)} "
+                      f"species_Z={{{' '.join(map(str, zs))}}}")
+    p, q = desc.calc(a)["data"], desc.calc(b)["data"]
+    return float(np.sqrt(np.clip(2.0 - 2.0 * np.sum(p * q, axis=1), 0.0, None)).max())
