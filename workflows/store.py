@@ -113,7 +113,6 @@ class Store:
         for row in rows:
             a = row.toatoms()
             a.info.update(row.key_value_pairs)
-            a.info["label_id"] = row.id
             a.arrays["REF_forces"] = np.asarray(row.data["REF_forces"])
             if "REF_stress" in row.data:
                 a.info["REF_stress"] = np.asarray(row.data["REF_stress"])
