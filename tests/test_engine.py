@@ -122,3 +122,13 @@ def test_htex_executor_runs_tasks_in_worker_processes(tmp_path):
         results = [f.result(timeout=300) for f in [engine.submit(spec, [a]) for a in structures]]
         assert engine.stats()["cpu"]["done"] == 2
     assert results[0].energy_eV != results[1].energy_eV
+
+
+def test_model_enters_the_key_by_hash_not_by_location():
+    from schemas.tasks import MDSpec, ModelRef
+
+    cu = bulk("Cu", cubic=True)
+    here = MDSpec(model=ModelRef(model="gap", paths=["/a/gap.xml"], sha256="abc"), steps=10)
+    moved = MDSpec(model=ModelRef(model="gap", paths=["/b/gap.xml"], sha256="abc"), steps=10)
+    refit = MDSpec(model=ModelRef(model="gap", paths=["/a/gap.xml"], sha256="abd"), steps=10)
+    assert task_key(here, [cu]) == task_key(moved, [cu]) != task_key(refit, [cu])

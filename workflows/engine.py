@@ -60,8 +60,12 @@ def code_versions(kind: str) -> dict[str, str]:
 
 
 def task_key(spec, structures: list[Atoms]) -> str:
-    """Content hash: canonical spec (retry budget excluded) + structures + code versions."""
+    """Content hash: canonical spec (retry budget excluded) + structures + code versions.
+
+    A model enters by its sha256, not by where its files lie (a moved run directory still resumes)."""
     spec_json = spec.model_dump(mode="json", exclude={"max_retries"})
+    if isinstance(spec_json.get("model"), dict) and "sha256" in spec_json["model"]:
+        spec_json["model"].pop("paths", None)
     h = hashlib.sha256()
     h.update(dumps(spec_json).encode())
     for a in structures:
