@@ -346,6 +346,7 @@ class MinimaHoppingSpec(TaskBase):
     timestep_fs: float = Field(1.0, gt=0)
     n_minima: int = Field(10, ge=1, description="stop once this many distinct minima are recorded")
     max_hops: int = Field(100, ge=1, description="stop after this many MD + optimisation hops in any case")
+    max_optimisation_steps: int = Field(1000, ge=1, description="cap on each local relaxation of a hop")
     fixed_atoms: list[int] = Field(default_factory=list)
     seed: int = 0
 

@@ -1,0 +1,138 @@
+"""MLFF molecular dynamics interrupted at the first per-atom σ > σ_thr (thesis §3.2).
+
+The σ of a step is the one the calculator computed for the forces of that step
+(`results["sigma_per_atom"]`), so checking costs no extra evaluation. If the threshold is never
+breached, the highest-σ configuration of the segment is the one sampled.
+"""
+from __future__ import annotations
+
+import numpy as np
+from ase import Atoms, units
+from ase.constraints import FixAtoms
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import thermalize_momenta
+from ase.md.verlet import VelocityVerlet
+
+from schemas.results import MDResult
+from schemas.tasks import MDSpec
+
+from .context import TaskContext
+from .errors import UnphysicalResult
+from .mlff import load_mlff
+
+
+def plain_atoms(atoms: Atoms) -> Atoms:
+    """A calculator-free copy (numbers, positions, cell, pbc, constraints, info) for results.
+
+    Reference labels (info REF_*) of an input structure no longer describe moved positions, so they
+    are dropped; everything else in info is provenance and stays.
+    """
+    out = Atoms(
+        numbers=atoms.numbers.copy(),
+        positions=atoms.positions.copy(),
+        cell=atoms.cell.copy(),
+        pbc=atoms.pbc.copy(),
+    )
+    out.set_constraint([c.copy() for c in atoms.constraints if isinstance(c, FixAtoms)])
+    out.info = {k: v for k, v in atoms.info.items() if not str(k).startswith("REF_")}
+    return out
+
+
+def single_structure(structures: list[Atoms], kind: str) -> Atoms:
+    if len(structures) != 1:
+        raise ValueError(f"{kind} takes exactly one input structure, got {len(structures)}")
+    return structures[0]
+
+
+def apply_fixed_atoms(atoms: Atoms, fixed_atoms: list[int]) -> None:
+    """Add FixAtoms for spec.fixed_atoms (keeping any constraints the structure already carries)."""
+    if not fixed_atoms:
+        return
+    bad = [i for i in fixed_atoms if not 0 <= i < len(atoms)]
+    if bad:
+        raise ValueError(f"fixed_atoms: indices {bad} out of range for {len(atoms)} atoms")
+    atoms.set_constraint(list(atoms.constraints) + [FixAtoms(indices=sorted(set(fixed_atoms)))])
+
+
+def current_sigma(atoms: Atoms) -> np.ndarray:
+    """Per-atom σ (eV) the MLFF computed for the atoms' current positions."""
+    atoms.get_forces()  # a no-op when the calculator's results are current
+    return np.asarray(atoms.calc.results["sigma_per_atom"], dtype=float)
+
+
+def _finite(atoms: Atoms) -> bool:
+    calc = atoms.calc
+    return bool(
+        np.isfinite(atoms.positions).all()
+        and np.isfinite(calc.results.get("energy", np.nan))
+        and np.isfinite(calc.results.get("forces", np.array([np.nan]))).all()
+    )
+
+
+def make_dynamics(atoms: Atoms, spec: MDSpec, rng: np.random.Generator):
+    dt = spec.timestep_fs * units.fs
+    if spec.ensemble == "nve":
+        return VelocityVerlet(atoms, timestep=dt, logfile=None)
+    # fixcm=False: the centre-of-mass fix of ASE's Langevin biases the NVT distribution (ASE ≥ 3.28)
+    return Langevin(
+        atoms,
+        timestep=dt,
+        temperature_K=spec.temperature_K,
+        friction=spec.friction_per_fs / units.fs,
+        fixcm=False,
+        rng=rng,
+        logfile=None,
+    )
+
+
+def run(spec: MDSpec, structures: list[Atoms], ctx: TaskContext) -> MDResult:
+    atoms = single_structure(structures, "md").copy()
+    apply_fixed_atoms(atoms, spec.fixed_atoms)
+    atoms.calc = load_mlff(spec.model, ctx.device)
+
+    rng = np.random.default_rng(spec.seed)
+    thermalize_momenta(atoms, temperature_K=spec.temperature_K, rng=rng)
+    dyn = make_dynamics(atoms, spec, rng)
+
+    trace: list[list[float]] = []
+    trace_steps: list[int] = []
+    best_sigma, best, best_step = -np.inf, None, 0
+    previous = None  # (configuration, step) of the last step with finite energy and forces
+    breached = False
+
+    for _ in dyn.irun(steps=spec.steps):
+        step = dyn.nsteps
+        if not _finite(atoms):
+            if previous is None:
+                raise UnphysicalResult("md: the MLFF gives non-finite energy/forces for the input structure")
+            # The MLFF left its domain so badly that the energy is no longer a number: the last
+            # finite configuration is the one worth labelling.
+            breached = True
+            sampled, step_sampled = previous
+            break
+        snapshot = plain_atoms(atoms)
+        previous = (snapshot, step)
+        if step % spec.check_every:
+            continue
+        sigma = current_sigma(atoms)
+        peak = float(sigma.max()) if np.isfinite(sigma).all() else np.inf
+        trace.append(sigma.tolist())
+        trace_steps.append(step)
+        if peak > best_sigma:
+            best_sigma, best, best_step = peak, snapshot, step
+        if peak > spec.sigma_thr_eV:
+            breached, sampled, step_sampled = True, snapshot, step
+            break
+    else:
+        sampled, step_sampled = best, best_step
+
+    return MDResult(
+        sampled=sampled,
+        breached=breached,
+        step_sampled=step_sampled,
+        steps_run=dyn.nsteps,
+        max_sigma_eV=best_sigma,
+        sigma_trace_eV=trace,
+        trace_steps=trace_steps,
+        final=previous[0],
+    )

@@ -1,0 +1,171 @@
+"""MLFF nudged elastic band with ASE (thesis §3.3 block 6 and §3.4.2).
+
+IDPP initial path, a first relaxation without climbing image, then the climbing image ("after initial
+convergence we use the climbing image NEB"). With `precon="Exp"` the band uses ASE's preconditioned
+spline/string NEB (Makri, Ortner & Kermode 2019), relaxed with ASE's NEBOptimizer (adaptive ODE12r),
+the optimiser ASE documents for it; otherwise FIRE.
+"""
+from __future__ import annotations
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.mep import NEB
+from ase.mep.neb import NEBOptimizer
+from ase.optimize import FIRE
+from ase.optimize.precon import PreconImages
+
+from schemas.results import NEBResult
+from schemas.tasks import NEBSpec
+
+from .context import TaskContext
+from .errors import UnphysicalResult
+from .md import apply_fixed_atoms, plain_atoms
+from .mlff import load_mlff
+
+
+class ImageCalculator(Calculator):
+    """One image's view of a shared MLFF, with its own result cache.
+
+    ASE caches results per calculator instance, so images that share one calculator re-evaluate on
+    every force request (ASE's optimisers ask several times per step). Loading one GAP per image
+    would multiply memory and start-up time instead; this wrapper keeps one model and one cache per image.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "sigma_per_atom"]
+
+    def __init__(self, mlff: Calculator):
+        super().__init__()
+        self.mlff = mlff
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        a = self.atoms.copy()
+        a.calc = self.mlff
+        energy = a.get_potential_energy(apply_constraint=False)
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": a.get_forces(apply_constraint=False),
+            "sigma_per_atom": np.array(self.mlff.results["sigma_per_atom"], dtype=float),
+        }
+
+
+def initial_band(spec: NEBSpec, structures: list[Atoms]) -> list[Atoms]:
+    """Two endpoints (interpolated here) or a whole starting band of n_images + 2 configurations."""
+    n = spec.n_images + 2
+    if len(structures) not in (2, n):
+        raise ValueError(
+            f"neb takes 2 endpoints or a band of n_images + 2 = {n} structures, got {len(structures)}"
+        )
+    first = structures[0]
+    for s in structures[1:]:
+        if len(s) != len(first) or (s.numbers != first.numbers).any():
+            raise ValueError("neb: all structures must have the same atoms in the same order")
+        if not np.allclose(s.cell, first.cell) or (s.pbc != first.pbc).any():
+            raise ValueError("neb: all structures must share cell and pbc (fixed-cell NEB)")
+    if spec.fixed_atoms:
+        idx = [i for i in spec.fixed_atoms if 0 <= i < len(first)]
+        if idx and not np.allclose(first.positions[idx], structures[-1].positions[idx], atol=1e-6):
+            raise ValueError("neb: fixed_atoms differ in position between the endpoints")
+
+    if len(structures) == n:
+        images = [s.copy() for s in structures]
+    else:
+        images = [structures[0].copy()] + [structures[0].copy() for _ in range(spec.n_images)]
+        images.append(structures[1].copy())
+    for image in images:
+        image.calc = None
+        apply_fixed_atoms(image, spec.fixed_atoms)
+
+    if len(structures) == 2:
+        # A plain NEB only for the interpolation, so the IDPP pre-relaxation does not build (and
+        # keep) the preconditioners of the real band from the straight-line guess.
+        NEB(images, method="improvedtangent").interpolate(
+            method=spec.interpolation, mic=bool(first.pbc.any()), apply_constraint=False
+        )
+    return images
+
+
+class ClimbingNEBOptimizer(NEBOptimizer):
+    """ASE's NEBOptimizer whose residual also covers the climbing image.
+
+    `NEB.get_residual()` leaves the climbing image out, so the ODE solver could declare a
+    climbing-image band converged while the image at the top still feels a large force.
+    """
+
+    def get_residual(self, F=None, X=None):
+        # with a single interior image that climbs, ASE's residual list is empty
+        residual = max(self.neb.residuals or [0.0])
+        if self.neb.climb and F is not None:
+            i = self.neb.imax
+            if 0 < i < self.neb.nimages - 1:
+                ci_force = np.asarray(F).reshape(self.neb.nimages - 2, -1)[i - 1]
+                residual = max(residual, self.neb.precon.get_residual(i, ci_force))
+        return residual
+
+
+def _optimiser(neb: NEB, spec: NEBSpec):
+    if spec.precon is not None:
+        return ClimbingNEBOptimizer(neb, method="ode", logfile=None)
+    return FIRE(neb, logfile=None)
+
+
+def band_fmax(neb: NEB, opt) -> float:
+    """The optimiser's own convergence measure on the final band, eV/Å: the largest per-atom NEB force
+    (FIRE), or ASE's preconditioned residual with the climbing image included (precon)."""
+    forces = neb.get_forces()  # images' results are cached: no new evaluations
+    if isinstance(opt, NEBOptimizer):
+        return float(opt.get_residual(F=forces))
+    return float(np.linalg.norm(forces, axis=1).max())
+
+
+def run(spec: NEBSpec, structures: list[Atoms], ctx: TaskContext) -> NEBResult:
+    images = initial_band(spec, structures)
+    mlff = load_mlff(spec.model, ctx.device)
+    for image in images:
+        image.calc = ImageCalculator(mlff)
+
+    precon = spec.precon
+    if precon is not None:
+        precon = PreconImages(precon, images)
+    neb = NEB(images, k=spec.spring_k_eV_per_A2, climb=False, method=spec.method, precon=precon)
+    if spec.climb:
+        stages = [(False, max(spec.climb_start_fmax_eV_per_A, spec.fmax_eV_per_A)), (True, spec.fmax_eV_per_A)]
+    else:
+        stages = [(False, spec.fmax_eV_per_A)]
+
+    steps, converged, opt = 0, False, None
+    for climb, fmax in stages:
+        budget = spec.max_steps - steps
+        if budget <= 0:
+            converged = False  # the first stage used every step
+            break
+        neb.climb = climb
+        opt = _optimiser(neb, spec)
+        converged = bool(opt.run(fmax=fmax, steps=budget))
+        steps += opt.nsteps
+
+    energies, sigmas = [], []
+    for image in images:
+        energy = image.get_potential_energy(apply_constraint=False)
+        forces = image.get_forces(apply_constraint=False)
+        if not (np.isfinite(energy) and np.isfinite(forces).all()):
+            raise UnphysicalResult("neb: non-finite MLFF energy/forces on an image")
+        energies.append(float(energy))
+        sigmas.append(float(np.max(image.calc.results["sigma_per_atom"])))
+    fmax = band_fmax(neb, opt)
+
+    top = int(np.argmax(energies[1:-1])) + 1
+    return NEBResult(
+        images=[plain_atoms(a) for a in images],
+        energies_eV=energies,
+        forward_barrier_eV=max(energies) - energies[0],
+        reaction_energy_eV=energies[-1] - energies[0],
+        converged=converged,
+        steps=steps,
+        max_sigma_eV=max(sigmas),
+        fmax_eV_per_A=fmax,
+        sigma_per_image_eV=sigmas,
+        climbing_image=top if spec.climb else None,
+    )
