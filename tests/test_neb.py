@@ -116,3 +116,24 @@ def test_bad_input_is_refused(tiny_gap_model, endpoints, tmp_path):
         neb.run(spec.model_copy(update={"fixed_atoms": BOTTOM}), [endpoints[0], moved], ctx)
     with pytest.raises(ValidationError, match="precon"):
         NEBSpec(model=tiny_gap_model, method="improvedtangent", precon="Exp")
+
+
+def test_reference_neb_started_from_the_mlff_band(ci_neb, tmp_path):
+    """Validation (thesis §3.4.1): a reference NEB initialised with the MLFF's band reports the projected
+    force of that band at step 0 and the steps it needed; its barrier is the reference's."""
+    from schemas.tasks import EMTReference
+
+    _, mlff = ci_neb
+    spec = NEBSpec(reference=EMTReference(), n_images=3, fmax_eV_per_A=0.05, fixed_atoms=BOTTOM, max_steps=300)
+    result = neb.run(spec, mlff.images, TaskContext(workdir=tmp_path))
+    assert result.fmax_initial_eV_per_A is not None and result.fmax_initial_eV_per_A > 0
+    assert result.converged and result.fmax_eV_per_A < 0.05
+    # the EMT barrier from the MLFF start agrees with EMT's own barrier computed independently
+    probe = [a.copy() for a in result.images]
+    for a in probe:
+        a.calc = EMT()
+    energies = [a.get_potential_energy() for a in probe]
+    assert result.energies_eV == pytest.approx(energies, abs=1e-8)
+    assert result.max_sigma_eV == 0.0
+    with pytest.raises(ValidationError):
+        NEBSpec(n_images=3)  # neither model nor reference
