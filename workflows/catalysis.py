@@ -115,9 +115,13 @@ class Catalysis:
         report = BlockReport(name, criterion="max per-atom σ over full MD runs (eV) < σ_thr")
         self.progress.set_stage(f"block 3 ({name}): dimers and placements")
         # dimers: 4 per element pair of the adsorbates, the shortest at 20 eV/Å repulsion, weight 1/5
-        dimers = sampling.make_dimers(self._reference_forces, self.system.adsorbate_elements(), P3.dimers_per_pair,
+        # dimers of every element pair with an adsorbate element in it (thesis: adsorbate pairs only;
+        # adsorbate-surface pairs give the MLFF the short-range repulsion a GAP cannot extrapolate)
+        pairs = [(a, b) for a, b in sampling.element_pairs(self.system.elements)
+                 if a in self.system.adsorbate_elements() or b in self.system.adsorbate_elements()]
+        dimers = sampling.make_dimers(self._reference_forces, self.system.elements, P3.dimers_per_pair,
                                       P3.dimer_max_force_eV_per_A, P3.dimer_max_distance_A, P3.dimer_box_A,
-                                      P3.dimer_weight)
+                                      P3.dimer_weight, pairs=pairs)
         self.campaign.label(dimers, block=name, iteration=0, reason="dimer", energy_weight=P3.dimer_weight,
                             force_weight=P3.dimer_weight, config_type="dimer", report=report)
         # MLFF MD on the active site first (block-2 potential), then place intermediates on its snapshots
@@ -167,21 +171,27 @@ class Catalysis:
         fixed = set(self.fixed)
         for iteration in range(1, P5.max_iterations + 1):
             self.progress.set_stage(f"block 5 ({name}): iteration {iteration}, optimising {len(start)} intermediates")
+            # an optimisation is interrupted like an MD when σ breaches σ_thr (thesis §3.2): that
+            # configuration is labelled instead of a minimum the model does not know
             spec = OptimiseSpec(model=self.campaign.model, fmax_eV_per_A=P5.mlff_fmax_eV_per_A,
                                 max_steps=P5.max_steps, optimizer=P5.optimizer, fixed_atoms=self.fixed,
-                                sigma_thr_eV=self.p.sigma_thr_eV)
+                                sigma_thr_eV=self.p.sigma_thr_eV, stop_on_breach=True)
             labels: dict[str, Future] = {}
+            breached: dict[str, bool] = {}
             lock = threading.Lock()
 
             def on_min(f: Future, iname: str, iteration=iteration):
                 if f.exception() is not None:
                     self.progress.log(f"{name}: optimisation of {iname} failed: {f.exception()}")
                     return
-                minimum = f.result().final
+                result = f.result()
                 with lock:
-                    self.minima[iname] = minimum
-                    labels[iname] = self.campaign.label([minimum], block=name, iteration=iteration,
-                                                        reason="final geometry", report=report)[0]
+                    if not result.breached:
+                        self.minima[iname] = result.final
+                    labels[iname] = self.campaign.label(
+                        [result.final], block=name, iteration=iteration,
+                        reason="threshold breach" if result.breached else "final geometry", report=report)[0]
+                    breached[iname] = result.breached
 
             wait([then(self.engine.submit(spec, [atoms]), lambda f, iname=iname: on_min(f, iname))
                   for iname, atoms in start.items()])
@@ -194,10 +204,12 @@ class Catalysis:
                     forces[iname] = float(np.linalg.norm(F[free], axis=1).max())
             worst = max(forces.values()) if forces else float("inf")
             report.iterations, report.criterion_value = iteration, worst
-            report.history.append({"iteration": iteration, "max_ref_force_eV_per_A": forces})
-            if len(forces) == len(start) and worst < P5.fmax_criterion_eV_per_A:
+            report.history.append({"iteration": iteration, "max_ref_force_eV_per_A": forces,
+                                   "breached": sorted(n for n, b in breached.items() if b)})
+            if len(forces) == len(start) and not any(breached.values()) and worst < P5.fmax_criterion_eV_per_A:
                 report.termination_met = True
                 break
+            # continue from the last sane minimum (a breached run restarts where it started)
             start = {n: self.minima.get(n, a) for n, a in start.items()}
             self.campaign.retrain(f"{name}-{iteration}")
         self._finish(report)
