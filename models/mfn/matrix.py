@@ -1,0 +1,185 @@
+"""Matrix construction, trace normalisation and the resolvent matrix function (thesis §6.3.2–6.4).
+
+The matrix of a graph is a block matrix H with one M×M block per atom pair, M = Σ_{l ≤ l_max} (2l+1):
+l_max = 0 gives 1×1 (s) blocks, l_max = 1 gives 4×4 (s+p) blocks in e3nn's real basis. Each (l1, l2)
+sub-block transforms as D^(l1) ⊗ D^(l2); it is assembled from irreducible edge features through the
+Clebsch–Gordan coefficients (e3nn's wigner_3j), Eq. 6.11.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from e3nn import o3
+
+
+def block_irreps(l_max: int) -> o3.Irreps:
+    """The basis of one matrix block: 0e (s) and, for l_max = 1, 1o (p)."""
+    if l_max not in (0, 1):
+        raise ValueError(f"matrix l_max must be 0 or 1, got {l_max}")
+    return o3.Irreps("0e") if l_max == 0 else o3.Irreps("0e + 1o")
+
+
+class BlockBasis(torch.nn.Module):
+    """Irreps ↔ M×M block change of basis (Eq. 6.11) for l1, l2 ≤ l_max.
+
+    paths: one (a, b, l3) per irreducible component of the (l1 ⊗ l2) sub-block; for s+p this is
+    ss:0e, sp:1o, ps:1o, pp:0e+1e+2e (two scalars, two vectors, one pseudo-vector, one l = 2 tensor).
+    G[d, m1, m2] stacks the CG coefficients; its rows are orthonormal, so G is also the projection back.
+    """
+
+    def __init__(self, l_max: int):
+        super().__init__()
+        basis = block_irreps(l_max)
+        self.basis = basis
+        self.M = basis.dim
+        offsets = [0]
+        for mul_ir in basis:
+            offsets.append(offsets[-1] + mul_ir.ir.dim)
+        paths, blocks = [], []
+        for a, (_, ir_a) in enumerate(basis):
+            for b, (_, ir_b) in enumerate(basis):
+                for ir_out in ir_a * ir_b:
+                    C = o3.wigner_3j(ir_a.l, ir_b.l, ir_out.l, dtype=torch.float64)
+                    g = torch.zeros(ir_out.dim, self.M, self.M, dtype=torch.float64)
+                    g[:, offsets[a] : offsets[a + 1], offsets[b] : offsets[b + 1]] = C.permute(2, 0, 1)
+                    g = g / g.flatten(1).norm(dim=1).reshape(-1, 1, 1)
+                    paths.append((a, b, ir_out))
+                    blocks.append(g)
+        self.paths = paths
+        self.register_buffer("G", torch.cat(blocks, dim=0).to(torch.get_default_dtype()))
+        self.dims = [ir.dim for _, _, ir in paths]
+
+    def path_irreps(self, channels: int) -> o3.Irreps:
+        return o3.Irreps([(channels, ir) for _, _, ir in self.paths])
+
+    def to_blocks(self, x: torch.Tensor, channels: int) -> torch.Tensor:
+        """[E, path_irreps(c).dim] (e3nn mul-major layout) -> [E, c, M, M]."""
+        parts, start = [], 0
+        for d in self.dims:
+            parts.append(x[:, start : start + channels * d].reshape(-1, channels, d))
+            start += channels * d
+        return torch.einsum("ecd,dmn->ecmn", torch.cat(parts, dim=-1), self.G.to(x.dtype))
+
+    def from_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
+        """[N, c, M, M] -> [N, path_irreps(c).dim]: the irreducible components of each block."""
+        feats = torch.einsum("ncab,dab->ncd", blocks, self.G.to(blocks.dtype))
+        parts, start = [], 0
+        for d in self.dims:
+            parts.append(feats[:, :, start : start + d].flatten(1))
+            start += d
+        return torch.cat(parts, dim=-1)
+
+
+def dense_blocks(
+    off: torch.Tensor,
+    edge_index: torch.Tensor,
+    on: torch.Tensor,
+    batch: torch.Tensor,
+    ptr: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Assemble symmetric per-graph dense matrices, padded to the largest graph.
+
+    off: [E, c, M, M] block of each directed edge (sender i, receiver j); the matrix gets
+    H_ij = off_ij + off_ji^T, so H_ji = H_ij^T. on: [N, c, M, M] symmetric on-site blocks.
+    Returns H [B, c, n_max·M, n_max·M] and the mask of real rows [B, n_max·M].
+    """
+    n_graphs = ptr.numel() - 1
+    counts = ptr[1:] - ptr[:-1]
+    n_max = int(counts.max())
+    c, M = on.shape[1], on.shape[2]
+    local = torch.arange(batch.numel(), device=batch.device) - ptr[batch]
+    i, j = edge_index[0], edge_index[1]
+    flat_off = (batch[i] * n_max + local[i]) * n_max + local[j]
+    flat_on = (batch * n_max + local) * n_max + local
+    H = on.new_zeros(n_graphs * n_max * n_max, c, M, M)
+    # on/2: the symmetrisation H + H^T below adds each (symmetric) on-site block twice
+    H = H.index_add(0, flat_off, off).index_add(0, flat_on, 0.5 * on)
+    H = H.reshape(n_graphs, n_max, n_max, c, M, M).permute(0, 3, 1, 4, 2, 5).reshape(n_graphs, c, n_max * M, n_max * M)
+    H = H + H.transpose(-1, -2)
+    rows = torch.arange(n_max, device=batch.device)[None, :] < counts[:, None]
+    mask = rows[:, :, None].expand(n_graphs, n_max, M).reshape(n_graphs, n_max * M)
+    return H, mask
+
+
+class MatrixNorm(torch.nn.Module):
+    """Shift/scale the spectrum to mean 0, variance 1 from traces (Eq. 6.12), no eigenvalues needed.
+
+    mode 'layer': statistics of each graph pooled over the matrix channels;
+    mode 'batch': per channel, pooled over the graphs of a batch, with running averages used at
+    inference (so a structure's energy does not depend on what it is evaluated with).
+    """
+
+    def __init__(self, channels: int, mode: str = "batch", momentum: float = 0.1, eps: float = 1e-6):
+        super().__init__()
+        if mode not in ("batch", "layer"):
+            raise ValueError(f"matrix_norm must be 'batch' or 'layer', got {mode!r}")
+        self.mode, self.momentum, self.eps = mode, momentum, eps
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, H: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        n = mask.sum(dim=-1).to(H.dtype)  # [B] true matrix size per graph
+        tr = torch.diagonal(H, dim1=-2, dim2=-1).sum(-1)  # [B, c]
+        tr2 = (H * H).sum(dim=(-2, -1))  # tr(H²) of a symmetric H
+        if self.mode == "layer":
+            n_tot = n * H.shape[1]
+            t1, t2 = tr.sum(1), tr2.sum(1)
+            mean = t1 / n_tot
+            var = t2 / (n_tot - 1) - t1**2 / (n_tot * (n_tot - 1))
+            mean, var = mean[:, None], var[:, None]
+        else:
+            if self.training:
+                n_tot = n.sum()
+                t1, t2 = tr.sum(0), tr2.sum(0)
+                mean = t1 / n_tot
+                var = t2 / (n_tot - 1) - t1**2 / (n_tot * (n_tot - 1))
+                with torch.no_grad():
+                    self.running_mean.lerp_(mean.detach(), self.momentum)
+                    self.running_var.lerp_(var.detach(), self.momentum)
+            else:
+                mean, var = self.running_mean, self.running_var
+            mean, var = mean[None, :], var[None, :]
+        eye = torch.diag_embed(mask.to(H.dtype))[:, None]  # identity on real rows only
+        return (H - mean[..., None, None] * eye) / torch.sqrt(var.clamp_min(0) + self.eps)[..., None, None]
+
+
+class PoleExpansion(torch.nn.Module):
+    """f(H) = Σ_s [w_s (z_s I − H)^-1 + w_s* (z_s* I − H)^-1] = Σ_s 2 Re[w_s (z_s I − H)^-1] (Eq. 6.24).
+
+    Learnable poles z_s (Im z_s ≥ im_min > 0 keeps z_s off the real spectrum of the symmetric H) and
+    complex weights w_s per matrix channel. The resolvent is an LU solve (torch.linalg.solve), whose
+    backward is again made of solves, so forces (first derivatives) can be trained (second
+    derivatives); an eigendecomposition's derivative is unstable at degenerate eigenvalues (§6.4).
+    """
+
+    def __init__(self, channels: int, n_poles: int, im_min: float = 0.05, re_span: float = 2.0):
+        super().__init__()
+        self.im_min = im_min
+        re = torch.linspace(-re_span, re_span, n_poles).repeat(channels, 1)
+        self.pole_re = torch.nn.Parameter(re + 0.05 * torch.randn(channels, n_poles))
+        # softplus^-1(0.5): initial Im z_s ≈ 0.5 + im_min
+        self.pole_im_raw = torch.nn.Parameter(torch.full((channels, n_poles), math.log(math.expm1(0.5))))
+        self.w_re = torch.nn.Parameter(torch.randn(channels, n_poles) / n_poles)
+        self.w_im = torch.nn.Parameter(torch.randn(channels, n_poles) / n_poles)
+
+    def poles(self) -> torch.Tensor:
+        im = self.im_min + torch.nn.functional.softplus(self.pole_im_raw)
+        return torch.complex(self.pole_re, im)
+
+    def weights(self) -> torch.Tensor:
+        return torch.complex(self.w_re, self.w_im)
+
+    def forward(self, H: torch.Tensor) -> torch.Tensor:
+        """H [B, c, n, n] real symmetric -> f(H) [B, c, n, n] real."""
+        return resolvent_function(H, self.poles(), self.weights())
+
+
+def resolvent_function(H: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Σ_s 2 Re[w_s (z_s I − H)^-1] for H [..., c, n, n], z and w [c, S]."""
+    ctype = torch.complex128 if H.dtype == torch.float64 else torch.complex64
+    n = H.shape[-1]
+    eye = torch.eye(n, dtype=ctype, device=H.device)
+    A = z.to(ctype)[..., None, None] * eye - H.to(ctype).unsqueeze(-3)  # [..., c, S, n, n]
+    R = torch.linalg.solve(A, eye.expand_as(A))
+    return 2.0 * torch.einsum("cs,...csij->...cij", w.to(ctype), R).real
