@@ -184,6 +184,7 @@ def place_adsorbate(
         site = sites[int(rng.integers(len(sites)))]
         mol = adsorbate.copy()
         mol.rotate(_random_rotation_about_z(rng), "z", center="COM")
+        mol.spin_multiplicity = int(mol.numbers.sum()) % 2 + 1  # a lone H is a doublet; pymatgen checks
         molecule = AseAtomsAdaptor.get_molecule(mol)
         # the slab's normal is z already (build_slab), so no reorientation
         structure = finder.add_adsorbate(molecule, site, translate=True, reorient=False)

@@ -1,0 +1,394 @@
+"""Figures and an HTML page for a catalysis run (thesis Figs. 3.2-3.4, Table A.1).
+
+Every function takes plain data (dicts and lists, as the workflow collects them and as they sit in
+summary.json) and writes one PNG; `write_report` writes every figure it has data for plus
+`index.html` with the summary tables. Files are written to a temporary name and renamed.
+"""
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+BLOCK_LABELS = {
+    0: "0 initial",
+    1: "1 bulk MD",
+    2: "2 surface MD",
+    3: "3 adsorbate seed + MD",
+    4: "4 adsorbate MD",
+    5: "5 geometry opt.",
+    6: "6 NEB",
+}
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def training_growth(rows: Sequence[Mapping], path: Path) -> Path:
+    """Training-set growth per block (Table A.1 as a figure).
+
+    rows: one per (block, iteration, reason) with keys `block` (int 0-6), `iteration` (int),
+    `reason` (str, e.g. "threshold breach", "dimer", "placement") and `count` (labels added).
+    Bars: labels added per block, stacked by reason; line: cumulative training-set size."""
+    if not rows:
+        raise ValueError("training_growth: no rows")
+    blocks = sorted({int(r["block"]) for r in rows})
+    reasons = sorted({str(r["reason"]) for r in rows})
+    counts = {(b, s): 0 for b in blocks for s in reasons}
+    for r in rows:
+        counts[(int(r["block"]), str(r["reason"]))] += int(r["count"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(blocks))
+    bottom = np.zeros(len(blocks))
+    for reason in reasons:
+        h = np.array([counts[(b, reason)] for b in blocks], dtype=float)
+        ax.bar(x, h, bottom=bottom, label=reason)
+        bottom += h
+    ax2 = ax.twinx()
+    ax2.plot(x, np.cumsum(bottom), "k-o", label="training set")
+    ax2.set_ylabel("training configurations (cumulative)")
+    ax2.set_ylim(0, max(1.0, np.cumsum(bottom)[-1]) * 1.1)
+    ax.set_xticks(x, [BLOCK_LABELS.get(b, str(b)) for b in blocks], rotation=25, ha="right")
+    ax.set_ylabel("labels added")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("Training-set growth per active-learning block")
+    return _save(fig, path)
+
+
+def sigma_trace(
+    steps: Sequence[int],
+    sigma_eV: Sequence[Sequence[float]],
+    path: Path,
+    sigma_thr_eV: float = 0.05,
+    timestep_fs: float = 1.0,
+    symbols: Sequence[str] | None = None,
+    highlight: Sequence[int] | None = None,
+    title: str = "",
+) -> Path:
+    """Per-atom σ along an MD run (Fig. 3.2): one line per atom, highlighted atoms (the adsorbate)
+    coloured by element, the rest grey, σ_thr dashed and the first breach marked.
+
+    steps: MD steps at which σ was evaluated (MDResult.trace_steps); sigma_eV: per step, per atom
+    (MDResult.sigma_trace_eV)."""
+    s = np.asarray(sigma_eV, dtype=float)
+    t = np.asarray(steps, dtype=float) * timestep_fs
+    if s.ndim != 2 or len(t) != s.shape[0]:
+        raise ValueError("sigma_trace: sigma_eV must be steps × atoms and match steps")
+    hl = set(highlight or [])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i in range(s.shape[1]):
+        if i in hl:
+            continue
+        ax.plot(t, s[:, i] * 1000, color="0.75", lw=0.8)
+    for i in sorted(hl):
+        label = f"{symbols[i]}{i}" if symbols is not None else str(i)
+        ax.plot(t, s[:, i] * 1000, lw=1.6, label=label)
+    ax.axhline(sigma_thr_eV * 1000, ls="--", color="k", label="σ_thr")
+    breach = np.nonzero(s.max(axis=1) > sigma_thr_eV)[0]
+    if len(breach):
+        k = breach[0]
+        ax.plot(t[k], s[k].max() * 1000, "r*", ms=14, label=f"breach at {t[k]:.0f} fs")
+    ax.set_xlabel("time (fs)")
+    ax.set_ylabel("per-atom σ (meV)")
+    ax.set_title(title or "Predicted local-energy uncertainty during MD")
+    if hl or len(breach):
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def barrier_history(history: Mapping[str, Sequence[Mapping]], path: Path) -> Path:
+    """Barrier vs NEB active-learning iteration (Fig. 3.4).
+
+    history: reaction name -> list of {"iteration": int, "mlff_barrier_eV": float,
+    "reference_barrier_eV": float | None} (the reference value is the highest labelled image of
+    that iteration's path, relative to its initial image, when known)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, (name, rows) in enumerate(history.items()):
+        color = f"C{k}"
+        it = [r["iteration"] for r in rows]
+        ax.plot(it, [r["mlff_barrier_eV"] for r in rows], "-o", color=color, label=f"{name} MLFF")
+        ref = [(r["iteration"], r["reference_barrier_eV"]) for r in rows if r.get("reference_barrier_eV") is not None]
+        if ref:
+            ax.plot(*zip(*ref), "s--", color=color, mfc="none", label=f"{name} reference")
+    ax.set_xlabel("NEB iteration")
+    ax.set_ylabel("forward barrier (eV)")
+    ax.set_title("Energy barrier throughout active learning")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def energy_profile(profiles: Mapping[str, Mapping], path: Path) -> Path:
+    """Reaction energy profile, MLFF vs reference (Fig. 3.3c): the reactions' paths side by side.
+
+    profiles: reaction name -> {"mlff_eV": [image energies], "reference_eV": [image energies] or None}
+    (absolute or relative; each path is drawn relative to its own initial image)."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    offset = 0
+    ticks, labels = [], []
+    for k, (name, p) in enumerate(profiles.items()):
+        m = np.asarray(p["mlff_eV"], dtype=float)
+        x = offset + np.arange(len(m))
+        ax.plot(x, m - m[0], "-", color="C2", lw=2, label="MLFF" if k == 0 else None)
+        ref = p.get("reference_eV")
+        if ref is not None:
+            r = np.asarray(ref, dtype=float)
+            if len(r) != len(m):
+                raise ValueError(f"energy_profile: {name}: reference and MLFF paths differ in length")
+            ax.plot(x, r - r[0], "ko", ms=4, label="reference" if k == 0 else None)
+        ticks.append(x.mean())
+        labels.append(name)
+        offset += len(m) + 1
+    ax.set_xticks(ticks, labels, rotation=15)
+    ax.set_ylabel("E − E(initial) (eV)")
+    ax.set_title("Reaction energy profile")
+    ax.legend()
+    return _save(fig, path)
+
+
+def parity(
+    reference_energy_eV_per_atom: Sequence[float],
+    mlff_energy_eV_per_atom: Sequence[float],
+    reference_forces_eV_per_A: Sequence[float],
+    mlff_forces_eV_per_A: Sequence[float],
+    path: Path,
+) -> Path:
+    """Energy (per atom) and force-component parity plots with RMSEs."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for ax, ref, ml, unit, scale, name in (
+        (axes[0], reference_energy_eV_per_atom, mlff_energy_eV_per_atom, "meV/atom", 1000, "energy"),
+        (axes[1], reference_forces_eV_per_A, mlff_forces_eV_per_A, "eV/Å", 1, "force"),
+    ):
+        a, b = np.asarray(ref, dtype=float).ravel(), np.asarray(ml, dtype=float).ravel()
+        if a.shape != b.shape or a.size == 0:
+            raise ValueError(f"parity: {name} lists must be non-empty and of equal length")
+        rmse = float(np.sqrt(np.mean((a - b) ** 2))) * scale
+        ax.plot(a, b, ".", ms=3, alpha=0.6)
+        lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xlabel(f"reference {name}")
+        ax.set_ylabel(f"MLFF {name}")
+        ax.set_title(f"{name}: RMSE {rmse:.3g} {unit}")
+    fig.suptitle("MLFF vs reference on the labelled configurations")
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# From run objects to plain data
+# ----------------------------------------------------------------------------------------------
+
+_BLOCK_NUMBER = {"initial": 0, "bulk-md": 1, "surface-md": 2, "adsorbate-seed-md": 3, "adsorbate-md": 4,
+                 "geometry-optimisation": 5, "neb": 6}
+
+
+def growth_rows(training_set: Sequence) -> list[dict]:
+    """Labels per (block, iteration, reason) from the labelled structures' provenance."""
+    counts: dict[tuple, int] = {}
+    for a in training_set:
+        block = a.info.get("block", "?")
+        b = block if isinstance(block, (int, np.integer)) else _BLOCK_NUMBER.get(str(block), -1)
+        key = (int(b), int(a.info.get("iteration", 0)), str(a.info.get("reason", "label")))
+        counts[key] = counts.get(key, 0) + 1
+    return [{"block": b, "iteration": i, "reason": r, "count": n} for (b, i, r), n in sorted(counts.items())]
+
+
+def breach_traces(summary: Mapping, max_atoms: int = 8) -> list[dict]:
+    """σ traces of the first breaching MD of each block (the atoms with the largest σ highlighted)."""
+    out = []
+    for key, block in (summary.get("blocks") or {}).items() if isinstance(summary.get("blocks"), Mapping) \
+            else enumerate(summary.get("blocks") or []):
+        tr = block.get("breach_trace") if isinstance(block, Mapping) else None
+        if not tr:
+            continue
+        s = np.asarray(tr["sigma_eV"], dtype=float)
+        top = [int(i) for i in np.argsort(s.max(axis=0))[::-1][:max_atoms]]
+        out.append({"steps": tr["steps"], "sigma_eV": tr["sigma_eV"], "symbols": tr.get("symbols"),
+                    "sigma_thr_eV": tr.get("sigma_thr_eV", 0.05), "highlight": top,
+                    "title": f"{block.get('name', key)}: per-atom σ, iteration {tr.get('iteration', '?')}"})
+    return out
+
+
+def barrier_rows(neb_history: Sequence[Mapping]) -> dict[str, list[dict]]:
+    hist: dict[str, list[dict]] = {}
+    for row in neb_history:
+        for name, v in row.items():
+            if name == "iteration" or not isinstance(v, Mapping):
+                continue
+            hist.setdefault(name, []).append({"iteration": row["iteration"], "mlff_barrier_eV": v["mlff_barrier_eV"],
+                                              "reference_barrier_eV": v.get("reference_barrier_eV")})
+    return hist
+
+
+def profile_rows(neb_history: Sequence[Mapping], paths: Mapping) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for row in neb_history:
+        for name, v in row.items():
+            if isinstance(v, Mapping) and "mlff_energies_eV" in v:
+                ref = v.get("reference_energies_eV")
+                ok = ref is not None and np.all(np.isfinite(np.asarray(ref, dtype=float)))
+                out[name] = {"mlff_eV": v["mlff_energies_eV"], "reference_eV": ref if ok else None}
+    for name, p in paths.items():
+        if name not in out and isinstance(p, Mapping) and "energies_eV" in p:
+            out[name] = {"mlff_eV": p["energies_eV"], "reference_eV": None}
+    return out
+
+
+def parity_rows(training_set: Sequence, model) -> dict | None:
+    """MLFF vs reference on the labelled structures (energies per atom, force components).
+
+    Isolated atoms are left out: they set the E0s rather than being fitted configurations."""
+    from tasks.mlff import load_mlff
+
+    calc = load_mlff(model)
+    e_ref, e_ml, f_ref, f_ml = [], [], [], []
+    for a in training_set:
+        if "REF_energy" not in a.info or "REF_forces" not in a.arrays or a.info.get("config_type") == "isolated_atom":
+            continue
+        b = a.copy()
+        b.calc = calc
+        e_ml.append(b.get_potential_energy() / len(b))
+        e_ref.append(float(a.info["REF_energy"]) / len(a))
+        f_ml.extend(b.get_forces().ravel())
+        f_ref.extend(np.asarray(a.arrays["REF_forces"]).ravel())
+    if not e_ref:
+        return None
+    return {"reference_energy_eV_per_atom": e_ref, "mlff_energy_eV_per_atom": e_ml,
+            "reference_forces_eV_per_A": f_ref, "mlff_forces_eV_per_A": f_ml}
+
+
+# ----------------------------------------------------------------------------------------------
+# index.html
+# ----------------------------------------------------------------------------------------------
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _table(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _block_rows(blocks) -> list[dict]:
+    if isinstance(blocks, Mapping):
+        return [{"block": k, **v} for k, v in blocks.items()]
+    return list(blocks or [])
+
+
+def write_report(
+    outdir: Path,
+    summary: Mapping,
+    growth: Sequence[Mapping] | None = None,
+    sigma_traces: Sequence[Mapping] | None = None,
+    barrier_iterations: Mapping[str, Sequence[Mapping]] | None = None,
+    profiles: Mapping[str, Mapping] | None = None,
+    parity_data: Mapping | None = None,
+    *,
+    training_set: Sequence | None = None,
+    neb_history: Sequence[Mapping] | None = None,
+    paths: Mapping | None = None,
+    model=None,
+) -> Path:
+    """Write every figure there is data for and `index.html`; returns the page's path.
+
+    summary: summary.json content; its `blocks` (list of dicts, or dict keyed by block, with
+      iterations, labels_added, reference_calls, termination_met, criterion_value, and optionally
+      breach_trace) and `barriers` (list of {reaction, permutations_screened, mlff_barrier_eV,
+      reference_barrier_eV, abs_error_eV}) become tables; other scalar keys a key/value table.
+    growth: rows for `training_growth`.
+    sigma_traces: dicts with the keyword arguments of `sigma_trace` (steps, sigma_eV and optional
+      sigma_thr_eV, timestep_fs, symbols, highlight, title).
+    barrier_iterations: the `history` of `barrier_history`.
+    profiles: the `profiles` of `energy_profile`.
+    parity_data: keyword arguments of `parity` (reference/mlff energies per atom and forces).
+
+    Run objects, used for whatever of the above is not given explicitly:
+    training_set: labelled ase.Atoms (info block, iteration, reason, REF_energy; arrays REF_forces)
+      -> growth, and with `model` (a ModelRef) -> parity;
+    summary["blocks"][*]["breach_trace"] ({steps, sigma_eV, symbols, sigma_thr_eV, iteration}) -> σ traces;
+    neb_history: per block-6 iteration {"iteration": i, <reaction>: {mlff_barrier_eV,
+      reference_barrier_eV, mlff_energies_eV, reference_energies_eV}} -> barrier history and, from the
+      last iteration of each reaction, the energy profile; `paths` ({reaction: {"energies_eV"}}) gives
+      the MLFF profile of reactions missing there."""
+    if growth is None and training_set:
+        growth = growth_rows(training_set)
+    if sigma_traces is None:
+        sigma_traces = breach_traces(summary)
+    if barrier_iterations is None and neb_history:
+        barrier_iterations = barrier_rows(neb_history)
+    if profiles is None and (neb_history or paths):
+        profiles = profile_rows(neb_history or [], paths or {})
+    if parity_data is None and training_set and model is not None:
+        parity_data = parity_rows(training_set, model)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    figures: list[tuple[str, str]] = []
+    if growth:
+        figures.append((training_growth(growth, outdir / "training_growth.png").name, "Training-set growth per block"))
+    for k, tr in enumerate(sigma_traces or []):
+        name = f"sigma_trace_{k}.png"
+        sigma_trace(path=outdir / name, **tr)
+        figures.append((name, tr.get("title") or "Per-atom σ during MD"))
+    if barrier_iterations:
+        figures.append((barrier_history(barrier_iterations, outdir / "barrier_history.png").name, "Barrier vs NEB iteration"))
+    if profiles:
+        figures.append((energy_profile(profiles, outdir / "energy_profile.png").name, "Reaction energy profile"))
+    if parity_data:
+        figures.append((parity(path=outdir / "parity.png", **parity_data).name, "Energy and force parity"))
+
+    blocks = _block_rows(summary.get("blocks"))
+    barriers = list(summary.get("barriers") or [])
+    scalars = {k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool)) or v is None}
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(str(summary.get('name', 'run')))}</title>",
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px}"
+        "img{max-width:100%}</style></head><body>",
+        f"<h1>{html.escape(str(summary.get('name', 'Catalysis run')))}</h1>",
+    ]
+    if scalars:
+        parts.append("<h2>Summary</h2>" + _table([{"key": k, "value": v} for k, v in scalars.items()], ["key", "value"]))
+    if blocks:
+        cols = ["block", "name", "iterations", "labels_added", "reference_calls", "termination_met", "criterion_value"]
+        parts.append("<h2>Active-learning blocks</h2>" + _table(blocks, cols))
+    if barriers:
+        cols = ["reaction", "permutations_screened", "mlff_barrier_eV", "reference_barrier_eV", "abs_error_eV"]
+        parts.append("<h2>Barriers</h2>" + _table(barriers, cols))
+    for name, caption in figures:
+        parts.append(f"<figure><a href='{name}'><img src='{name}' alt='{html.escape(caption)}'></a>"
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    page = outdir / "index.html"
+    fd, tmp = tempfile.mkstemp(dir=outdir, prefix=".index.", suffix=".html")
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(parts))
+    os.replace(tmp, page)
+    return page
