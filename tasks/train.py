@@ -208,13 +208,33 @@ def soap_turbo_terms(spec: GAPModelSpec, species_Z: list[int]) -> list[str]:
     return terms
 
 
-def distance_2b_terms(spec: GAPModelSpec, species_Z: list[int]) -> list[str]:
+def pairs_within(configs: list[Atoms], cutoff_A: float) -> set[tuple[int, int]]:
+    """Species pairs (Z1 <= Z2) that occur closer than the cut-off somewhere in the data."""
+    from ase.neighborlist import neighbor_list
+
+    pairs: set[tuple[int, int]] = set()
+    for atoms in configs:
+        a = atoms.copy()
+        if a.cell.rank < 3:
+            a.pbc = False
+        i, j = neighbor_list("ij", a, cutoff_A)
+        z = a.numbers
+        pairs |= {(min(p, q), max(p, q)) for p, q in zip(z[i].tolist(), z[j].tolist())}
+    return pairs
+
+
+def distance_2b_terms(spec: GAPModelSpec, species_Z: list[int],
+                      present: set[tuple[int, int]] | None = None) -> list[str]:
+    """One pair term per species pair; with `present`, only pairs the data sample (gap_fit stops on a
+    term without data points, e.g. H-H before any adsorbate was labelled)."""
     if spec.distance_2b is None:
         return []
     d = spec.distance_2b
     terms = []
     for i, z1 in enumerate(species_Z):
         for z2 in species_Z[i:]:
+            if present is not None and (z1, z2) not in present:
+                continue
             terms.append(
                 f"distance_2b Z1={z1} Z2={z2} cutoff={d.cutoff_A} "
                 f"cutoff_transition_width={d.cutoff_transition_width_A} "
@@ -225,10 +245,11 @@ def distance_2b_terms(spec: GAPModelSpec, species_Z: list[int]) -> list[str]:
 
 
 def gap_fit_command(
-    spec: GAPModelSpec, species_Z: list[int], e0: dict[int, float], at_file: str, gp_file: str, seed: int = 0
+    spec: GAPModelSpec, species_Z: list[int], e0: dict[int, float], at_file: str, gp_file: str, seed: int = 0,
+    pairs: set[tuple[int, int]] | None = None,
 ) -> list[str]:
     """The gap_fit argument list (first element: the executable)."""
-    terms = distance_2b_terms(spec, species_Z) + soap_turbo_terms(spec, species_Z)
+    terms = distance_2b_terms(spec, species_Z, pairs) + soap_turbo_terms(spec, species_Z)
     e0_text = ":".join(f"{chemical_symbols[z]}:{float(e0[z])!r}" for z in species_Z)
     return [
         _executable("gap_fit"),
@@ -284,7 +305,8 @@ def fit_gap(spec: GAPModelSpec, configs, isolated, workdir: Path, seed: int, thr
     e0 = reference_energies(configs, isolated, use_isolated=spec.e0_method == "isolated")
     e0 = {z: e0.get(z, 0.0) for z in species}
     _write_atomic(workdir / "train.xyz", gap_training_images(configs, spec))
-    cmd = gap_fit_command(spec, species, e0, "train.xyz", "gap.xml", seed)
+    pairs = pairs_within(configs, spec.distance_2b.cutoff_A) if spec.distance_2b is not None else None
+    cmd = gap_fit_command(spec, species, e0, "train.xyz", "gap.xml", seed, pairs)
     (workdir / "gap_fit.cmd").write_text(shlex.join(cmd) + "\n")
     for old in workdir.glob("gap.xml*"):  # a retried task must not mix sparseX files of two fits
         old.unlink()

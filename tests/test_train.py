@@ -320,3 +320,20 @@ def test_a_fitter_killed_by_a_signal_is_transient(tmp_path):
         _run_all_logged([(["sh", "-c", "echo fitting; kill -9 $$"], tmp_path, tmp_path / "fit.log")], {})
     with pytest.raises(TrainingFailed, match="exited with 3"):
         _run_all_logged([(["sh", "-c", "echo ERROR bad input; exit 3"], tmp_path, tmp_path / "fit.log")], {})
+
+
+def test_pair_terms_only_for_pairs_in_the_data():
+    """gap_fit stops on a distance_2b term without data: an H E0 label alone must not create H-H."""
+    from ase import Atoms
+
+    from schemas.tasks import GAPModelSpec, TwoBodyDescriptor
+    from tasks.train import distance_2b_terms, pairs_within
+
+    cu2 = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]], cell=[10, 10, 10], pbc=True)
+    cuh = Atoms("CuH", positions=[[0, 0, 0], [0, 0, 6.0]], cell=[15, 15, 15], pbc=True)  # H beyond the cut-off
+    present = pairs_within([cu2, cuh], 4.0)
+    assert present == {(29, 29)}
+    spec = GAPModelSpec(distance_2b=TwoBodyDescriptor(cutoff_A=4.0))
+    terms = distance_2b_terms(spec, [1, 29], present)
+    assert len(terms) == 1 and "Z1=29 Z2=29" in terms[0]
+    assert len(distance_2b_terms(spec, [1, 29])) == 3

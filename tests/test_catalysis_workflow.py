@@ -1,0 +1,101 @@
+"""The catalysis protocol end to end through run.py.
+
+CI runs the embedded example (GFN2-xTB) with every block shortened; the full `examples/quickstart.yaml`
+is the slow test (and `make demo`)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(protocol: Path, run_dir: Path, timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), "--site", "local", "--run-dir", str(run_dir),
+                           "--no-live", str(protocol)], capture_output=True, text=True, timeout=timeout)
+
+
+def _check_run(run_dir: Path, protocol: dict):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    blocks = summary["blocks"]
+    assert set(blocks) == {"initial", "bulk-md", "surface-md", "adsorbate-seed-md", "adsorbate-md",
+                           "geometry-optimisation", "neb"}
+    for name, b in blocks.items():
+        assert {"iterations", "labels_added", "reference_calls", "termination_met", "criterion_value"} <= set(b)
+    assert blocks["initial"]["labels_added"] >= 2 + 1 + protocol["parameters"]["b0_initial"]["n_rattled"]
+
+    barriers = {b["reaction"]: b for b in summary["barriers"]}
+    assert set(barriers) == {r["name"] for r in protocol["reactions"]}
+    for b in barriers.values():  # the two H of H2: two orderings each
+        assert b["permutations_screened"] == 2
+    for b in barriers.values():
+        assert b["mlff_barrier_eV"] >= 0
+        if b["reference_barrier_eV"] is not None:
+            assert b["abs_error_eV"] == pytest.approx(abs(b["mlff_barrier_eV"] - b["reference_barrier_eV"]))
+    if protocol["validation"]["enabled"]:
+        for name in barriers:
+            v = summary["validation"][name]
+            assert "reference_fmax_step0_eV_per_A" in v and "steps" in v
+
+    # every label carries its provenance, and the reasons of the protocol appear
+    from ase.db import connect
+
+    rows = list(connect(run_dir / "labels.db").select())
+    assert len(rows) == summary["training_set_size"]
+    reasons = {r.reason for r in rows}
+    assert {"isolated atom", "bulk", "rattled + deformed bulk", "dimer", "placement",
+            "approximate intermediate", "interpolated image", "NEB image"} <= reasons
+    assert all(r.block and r.iteration >= 0 and r.task for r in rows)
+    assert {r.energy_weight for r in rows if r.reason == "dimer"} == {0.2}
+
+    report = run_dir / "report"
+    assert (report / "index.html").exists()
+    assert len(list(report.glob("*.png"))) >= 4
+    assert (run_dir / "dataset.xyz").exists()
+
+
+def _short_protocol(tmp_path: Path) -> tuple[Path, dict]:
+    data = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    P = data["parameters"]
+    P["b0_initial"]["n_rattled"] = 4
+    for key in ("b1_bulk", "b2_surface", "b3_adsorbate_seed", "b4_adsorbate_md"):
+        P[key].update(md_steps=40, max_iterations=2)
+    P["b3_adsorbate_seed"].update(site_md_steps=20, dimers_per_pair=2, placements_per_snapshot=2,
+                                  fps_per_intermediate=1)
+    P["b5_geometry"].update(max_iterations=2, max_steps=100)
+    P["b6_neb"].update(n_images=3, max_iterations=2, max_steps=100)
+    data["validation"] = {"enabled": True, "fmax_eV_per_A": 0.1, "max_steps": 5}
+    path = tmp_path / "quick-short.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path, data
+
+
+def test_catalysis_protocol_end_to_end_and_resume(tmp_path):
+    protocol, data = _short_protocol(tmp_path)
+    run_dir = tmp_path / "run"
+    p = _run(protocol, run_dir, timeout=1500)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    _check_run(run_dir, data)
+    first = json.loads((run_dir / "summary.json").read_text())
+
+    # the same command again: every task from the journal, the same answer
+    p = _run(protocol, run_dir, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    again = json.loads((run_dir / "summary.json").read_text())
+    assert again["reference_calls"] == 0
+    assert again["barriers"] == first["barriers"]
+    assert again["training_set_size"] == first["training_set_size"]
+
+
+@pytest.mark.slow
+def test_quickstart_with_xtb(tmp_path):
+    """`make demo`: the embedded protocol with GFN2-xTB, all blocks, validation on."""
+    data = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    p = _run(ROOT / "examples" / "quickstart.yaml", tmp_path / "run", timeout=3600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    _check_run(tmp_path / "run", data)
