@@ -62,14 +62,14 @@ def _check_run(run_dir: Path, protocol: dict):
 def _short_protocol(tmp_path: Path) -> tuple[Path, dict]:
     data = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
     P = data["parameters"]
-    P["b0_initial"]["n_rattled"] = 4
+    P["b0_initial"]["n_rattled"] = 3
     for key in ("b1_bulk", "b2_surface", "b3_adsorbate_seed", "b4_adsorbate_md"):
-        P[key].update(md_steps=40, max_iterations=2)
-    P["b3_adsorbate_seed"].update(site_md_steps=20, dimers_per_pair=2, placements_per_snapshot=2,
-                                  fps_per_intermediate=1)
-    P["b5_geometry"].update(max_iterations=2, max_steps=100)
-    P["b6_neb"].update(n_images=3, max_iterations=2, max_steps=100)
-    data["validation"] = {"enabled": True, "fmax_eV_per_A": 0.1, "max_steps": 5}
+        P[key].update(md_steps=30, max_iterations=1)
+    P["b3_adsorbate_seed"].update(site_md_steps=10, site_md_snapshots=1, dimers_per_pair=2,
+                                  placements_per_snapshot=2, fps_per_intermediate=1)
+    P["b5_geometry"].update(max_iterations=1, max_steps=60)
+    P["b6_neb"].update(n_images=3, max_iterations=1, max_steps=60)
+    data["validation"] = {"enabled": True, "fmax_eV_per_A": 0.1, "max_steps": 2}
     path = tmp_path / "quick-short.yaml"
     path.write_text(yaml.safe_dump(data))
     return path, data

@@ -132,3 +132,15 @@ def test_model_enters_the_key_by_hash_not_by_location():
     moved = MDSpec(model=ModelRef(model="gap", paths=["/b/gap.xml"], sha256="abc"), steps=10)
     refit = MDSpec(model=ModelRef(model="gap", paths=["/a/gap.xml"], sha256="abd"), steps=10)
     assert task_key(here, [cu]) == task_key(moved, [cu]) != task_key(refit, [cu])
+
+
+def test_final_failures_are_not_run_again_on_resume(tmp_path):
+    crushed = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 0.3]], cell=[8, 8, 8], pbc=True)
+    spec = SinglePointSpec(reference=EMTReference(), max_force_eV_per_A=20.0)
+    for _ in range(2):
+        with Engine(site(), tmp_path) as engine:
+            with pytest.raises(TaskFailed) as err:
+                engine.run(spec, [crushed])
+            assert err.value.failure_class == "unphysical"
+    assert engine.reference_calls == 0  # second time: from the journal
+    assert journal_rows(tmp_path) == [("singlepoint", "failed", 1, "unphysical")]

@@ -8,6 +8,7 @@ model identity is inside the spec as ModelRef.sha256). A key found done in the j
 from there without touching Parsl. Failures are classified (tasks/errors.py):
 transient -> retried up to spec.max_retries; scf -> retried once with the reference's fallback
 settings; unphysical or anything else -> recorded, the future raises TaskFailed, the campaign goes on.
+On resume, scf and unphysical failures are answered from the journal too (so a replay is exact).
 """
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ _SPEC = TypeAdapter(TaskSpec)
 # Parsl reports lost workers/managers with these exception classes: retry them like node loss.
 _PARSL_TRANSIENT = {"WorkerLost", "ManagerLost", "BadStateException", "ScalingFailed", "ExecutorError",
                     "MissingOutputs", "BadRegistration", "ConnectionRefusedError", "TimeoutError"}
+
+# Failure classes a resumed run takes from the journal instead of running again (their retries, the SCF
+# fallback included, were already spent); transient failures and unclassified errors are run again.
+_FINAL = ("scf", "unphysical")
 
 _CODES = {
     "singlepoint": ("ase", "tblite"),
@@ -184,6 +189,12 @@ class Engine:
             with self._lock:
                 self._counts[label].cached += 1
             outer.set_result(_RESULT.validate_json(cached))
+            return outer
+        failed = self.journal.failure(key)
+        if failed is not None and failed[0] in _FINAL:  # the same input would fail the same way again
+            with self._lock:
+                self._counts[label].cached += 1
+            outer.set_exception(TaskFailed(key, spec.kind, *failed))
             return outer
         with self._lock:
             if key in self._pending:  # the same task twice in flight: share one execution
