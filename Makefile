@@ -2,7 +2,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-SITE   ?= local
+SITE   ?= local-htex
 
 .PHONY: demo test test-all setup system-deps bench clean-venv
 
