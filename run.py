@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         summary = store.update_summary(
             protocol=protocol.name, workflow=workflow, site=site.name, wall_s=round(time.time() - start, 1),
-            reference_calls=engine.reference_calls, tasks=engine.journal.counts(),
+            reference_calls=engine.reference_calls, tasks=engine.journal.counts(), executors=engine.stats(),
             failures=engine.journal.failures(), **results,
         )
     print(f"done in {summary['wall_s']} s; summary: {run_dir / 'summary.json'}")
