@@ -62,7 +62,7 @@ class Catalysis:
         self.P = protocol.parameters
         self.engine, self.store, self.progress = engine, store, progress
         self.system = build.build_system(protocol)
-        self.fixed = build._fixed(self.system.site_slab)
+        self.fixed = build.fixed_indices(self.system.site_slab)
         self.campaign = Campaign(engine, store, progress, protocol.reference, protocol.model)
         self.reports: dict[str, dict] = store.read_json("blocks.json") or {}
         self.minima: dict[str, Atoms] = {}

@@ -258,4 +258,3 @@ def build_system(protocol: Protocol) -> CatalysisSystem:
     return system
 
 
-_fixed = fixed_indices  # kept for callers of the earlier name
