@@ -35,7 +35,8 @@ def plan(protocol) -> list[str]:
            "-> singlepoint; train",
         1: f"md ({P.b1_bulk.md_steps} steps) on the bulk until no breach; ≤ {P.b1_bulk.max_iterations} iterations",
         2: f"md ({P.b2_surface.md_steps} steps) on slab and active site; ≤ {P.b2_surface.max_iterations} iterations",
-        3: f"dimers ({P.b3_adsorbate_seed.dimers_per_pair} per pair of {', '.join(system.adsorbate_elements())}), "
+        3: f"dimers ({P.b3_adsorbate_seed.dimers_per_pair} per element pair with one of "
+           f"{', '.join(system.adsorbate_elements())}), "
            f"{P.b3_adsorbate_seed.fps_per_intermediate} FPS placements per intermediate, then md",
         4: f"md ({P.b4_adsorbate_md.md_steps} steps) on {len(system.intermediates)} intermediates",
         5: f"optimise {len(system.intermediates)} intermediates, label minima until reference "
