@@ -70,12 +70,15 @@ def main(argv: list[str] | None = None) -> int:
 
     module = workflow_module(workflow)
     run_dir = args.run_dir or Path("runs") / protocol.name
+    try:  # builds what the protocol names (structures, files): bad input stops here, before any write
+        steps = module.plan(protocol)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as err:
+        print(f"error: {args.protocol}: {err}", file=sys.stderr)
+        return 2
     if args.check:
-        try:
-            steps = module.plan(protocol)
-        except InputError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
         print(f"protocol {args.protocol} (workflow {workflow}) is valid; run directory {run_dir}")
         print("plan:")
         for line in steps:

@@ -1,9 +1,10 @@
 """The simplest protocol: a list of tasks to run (reference single points, MLFF simulations, fits)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from .base import Strict
 from .tasks import TaskSpec
@@ -20,3 +21,5 @@ class BatchProtocol(Strict):
     workflow: Literal["tasks"] = "tasks"
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
     jobs: list[Job] = Field(..., min_length=1)
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)  # the protocol file's folder (set by run.py)

@@ -121,3 +121,13 @@ def test_run_resume_and_changed_protocol(tmp_path):
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "run.previous-1" / "journal.db").exists()
     assert json.loads((run_dir / "summary.json").read_text())["reference_calls"] == 2
+
+
+def test_missing_structure_file_is_exit_2_and_writes_nothing(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("workflow: tasks\nname: x\njobs:\n  - name: a\n    spec: {kind: singlepoint}\n"
+                   "    structures: [nowhere.xyz]\n")
+    run_dir = tmp_path / "run"
+    p = cli("--run-dir", run_dir, "--no-live", bad)
+    assert p.returncode == 2 and "jobs.0.structures.0" in p.stderr and "nowhere.xyz" in p.stderr
+    assert not run_dir.exists()

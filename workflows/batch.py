@@ -18,12 +18,16 @@ def read_structures(base: Path, names: list[str]):
 
 
 def plan(protocol) -> list[str]:
+    for i, job in enumerate(protocol.jobs):
+        for k, name in enumerate(job.structures):
+            if not (protocol._base_dir / name.partition("@")[0]).is_file():
+                raise ValueError(f"field 'jobs.{i}.structures.{k}': no such file {name!r}")
     return [f"{job.name}: {job.spec.kind} on {len(job.structures)} structure(s)" for job in protocol.jobs]
 
 
 def run(protocol, engine, store, progress) -> dict:
     progress.set_stage(f"{len(protocol.jobs)} jobs")
-    futures = {job.name: engine.submit(job.spec, read_structures(store.protocol_dir, job.structures))
+    futures = {job.name: engine.submit(job.spec, read_structures(protocol._base_dir, job.structures))
                for job in protocol.jobs}
     wait(futures.values())
     jobs = {}
