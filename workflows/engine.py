@@ -13,13 +13,11 @@ On resume, scf and unphysical failures are answered from the journal too (so a r
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 import threading
-import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -64,7 +62,12 @@ def code_versions(kind: str) -> dict[str, str]:
     return {n: _version(n) for n in names}
 
 
-def task_key(spec, structures: list[Atoms]) -> str:
+def structure_texts(structures: list[Atoms]) -> list[str]:
+    """extxyz of each structure without its calculator: what is hashed and what workers receive."""
+    return [atoms_to_text(_plain(a)) for a in structures]
+
+
+def task_key(spec, structures: list[Atoms], texts: list[str] | None = None) -> str:
     """Content hash: canonical spec (retry budget excluded) + structures + code versions.
 
     A model enters by its sha256, not by where its files lie (a moved run directory still resumes)."""
@@ -73,10 +76,8 @@ def task_key(spec, structures: list[Atoms]) -> str:
         spec_json["model"].pop("paths", None)
     h = hashlib.sha256()
     h.update(dumps(spec_json).encode())
-    for a in structures:
-        plain = a.copy()
-        plain.calc = None
-        h.update(atoms_to_text(plain).encode())
+    for text in texts if texts is not None else structure_texts(structures):
+        h.update(text.encode())
     h.update(dumps(code_versions(spec.kind)).encode())
     return h.hexdigest()
 
@@ -129,7 +130,6 @@ class _Pending:
     attempts: int = 0
     fallback_used: bool = False
     app_future: object = None
-    started: float = field(default_factory=time.time)
 
 
 class Engine:
@@ -181,7 +181,8 @@ class Engine:
     def submit(self, spec, structures: list[Atoms]) -> Future:
         """Run `spec` on `structures` somewhere; the future gives the result model or raises TaskFailed."""
         structures = list(structures)
-        key = task_key(spec, structures)
+        texts = structure_texts(structures)  # serialised once: for the key and for the worker
+        key = task_key(spec, structures, texts)
         label = self.site.task_executors[spec.kind]
         outer: Future = Future()
         cached = self.journal.result(key)
@@ -199,7 +200,6 @@ class Engine:
         with self._lock:
             if key in self._pending:  # the same task twice in flight: share one execution
                 return self._pending[key].outer
-            texts = [atoms_to_text(_plain(a)) for a in structures]
             job = _Pending(key, spec, texts, label, outer)
             self._pending[key] = job
             self._counts[label].queued += 1
@@ -286,6 +286,3 @@ def _plain(atoms: Atoms) -> Atoms:
     a.calc = None
     return a
 
-
-def result_json(result) -> dict:
-    return json.loads(result.model_dump_json())
