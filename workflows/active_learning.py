@@ -14,7 +14,6 @@ from ase import Atoms
 
 from schemas.tasks import MDSpec, ModelRef, SinglePointSpec, TrainSpec
 
-from .engine import task_key
 
 
 def then(fut: Future, fn) -> Future:
@@ -74,8 +73,8 @@ class Campaign:
         spec = SinglePointSpec(reference=self.reference, max_force_eV_per_A=self.max_force_eV_per_A)
         futures = []
         for atoms in structures:
-            key = task_key(spec, [atoms])
             fut = self.engine.submit(spec, [atoms])
+            key = fut.key
 
             def store(f: Future, key=key):
                 if f.exception() is not None:

@@ -179,12 +179,15 @@ class Engine:
 
     # ------------------------------------------------------------------ submission
     def submit(self, spec, structures: list[Atoms]) -> Future:
-        """Run `spec` on `structures` somewhere; the future gives the result model or raises TaskFailed."""
+        """Run `spec` on `structures` somewhere; the future gives the result model or raises TaskFailed.
+
+        `future.key` is the task's content hash."""
         structures = list(structures)
         texts = structure_texts(structures)  # serialised once: for the key and for the worker
         key = task_key(spec, structures, texts)
         label = self.site.task_executors[spec.kind]
         outer: Future = Future()
+        outer.key = key  # the task's identity, for provenance (labels record it)
         cached = self.journal.result(key)
         if cached is not None:
             with self._lock:
