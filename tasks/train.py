@@ -300,13 +300,28 @@ def gap_training_images(configs: list[Atoms], spec: GAPModelSpec) -> list[Atoms]
     return images
 
 
+def gap_fit_invocation(cmd: list[str], workdir: Path, name: str = "gap_fit.config") -> list[str]:
+    """Write the arguments to a config file (one per line) and return `gap_fit config_file=...`.
+
+    QUIP reads each command-line argument into a fixed-length string: the gap={...} argument of the
+    thesis's double SOAP for three or more species does not fit ("Problem reading command argument 2").
+    The config file is read line by line into fixed-length chunks too, so the gap={...} argument is
+    broken into one descriptor term per line (measured: a 6000-character line is cut mid-value).
+    """
+    lines = [arg.replace(" : ", " :\n ") if arg.startswith("gap={") else arg for arg in cmd[1:]]
+    tmp = Path(workdir) / (name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, Path(workdir) / name)
+    return [cmd[0], f"config_file={name}"]
+
+
 def fit_gap(spec: GAPModelSpec, configs, isolated, workdir: Path, seed: int, threads: int):
     species = sorted({int(z) for a in configs for z in a.numbers} | set(isolated) | set(spec.species_Z or []))
     e0 = reference_energies(configs, isolated, use_isolated=spec.e0_method == "isolated")
     e0 = {z: e0.get(z, 0.0) for z in species}
     _write_atomic(workdir / "train.xyz", gap_training_images(configs, spec))
     pairs = pairs_within(configs, spec.distance_2b.cutoff_A) if spec.distance_2b is not None else None
-    cmd = gap_fit_command(spec, species, e0, "train.xyz", "gap.xml", seed, pairs)
+    cmd = gap_fit_invocation(gap_fit_command(spec, species, e0, "train.xyz", "gap.xml", seed, pairs), workdir)
     (workdir / "gap_fit.cmd").write_text(shlex.join(cmd) + "\n")
     for old in workdir.glob("gap.xml*"):  # a retried task must not mix sparseX files of two fits
         old.unlink()
