@@ -139,6 +139,22 @@ def _attach_calculators(spec: NEBSpec, images: list[Atoms], ctx: TaskContext) ->
         image.calc = make_calculator(spec.reference, image, image_ctx)
 
 
+def count_calculations(images: list[Atoms]) -> list[int]:
+    """Count every real calculation of each image's calculator (ASE's cache answers repeated requests
+    without calling `calculate`). Returns a one-element list updated in place."""
+    counter = [0]
+    for image in images:
+        calc = image.calc
+        inner = calc.calculate
+
+        def counted(*args, _inner=inner, **kwargs):
+            counter[0] += 1
+            return _inner(*args, **kwargs)
+
+        calc.calculate = counted
+    return counter
+
+
 def initial_fmax(images: list[Atoms], spec: NEBSpec) -> float:
     """Largest projected NEB force (climbing image included) on the starting band, eV/Å: the thesis's
     test of a reference NEB started from the MLFF path ("converged without a single step")."""
@@ -149,6 +165,7 @@ def initial_fmax(images: list[Atoms], spec: NEBSpec) -> float:
 def run(spec: NEBSpec, structures: list[Atoms], ctx: TaskContext) -> NEBResult:
     images = initial_band(spec, structures)
     _attach_calculators(spec, images, ctx)
+    evaluations = count_calculations(images)
     fmax_initial = initial_fmax(images, spec) if spec.reference is not None or len(structures) > 2 else None
 
     precon = spec.precon
@@ -194,4 +211,5 @@ def run(spec: NEBSpec, structures: list[Atoms], ctx: TaskContext) -> NEBResult:
         sigma_per_image_eV=sigmas,
         climbing_image=top if spec.climb else None,
         fmax_initial_eV_per_A=fmax_initial,
+        energy_evaluations=evaluations[0],
     )

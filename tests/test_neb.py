@@ -135,5 +135,8 @@ def test_reference_neb_started_from_the_mlff_band(ci_neb, tmp_path):
     energies = [a.get_potential_energy() for a in probe]
     assert result.energies_eV == pytest.approx(energies, abs=1e-8)
     assert result.max_sigma_eV == 0.0
+    # reference calls: every interior image at least once per optimiser step, endpoints once each
+    n = spec.n_images
+    assert n * max(result.steps, 1) + 2 <= result.energy_evaluations <= (n + 2) * (result.steps + 3)
     with pytest.raises(ValidationError):
         NEBSpec(n_images=3)  # neither model nor reference
