@@ -41,6 +41,18 @@ def _check_run(run_dir: Path, protocol: dict):
         for name in barriers:
             v = summary["validation"][name]
             assert "reference_fmax_step0_eV_per_A" in v and "steps" in v
+            assert v["reference_calls"] >= 2 + protocol["parameters"]["b6_neb"]["n_images"]
+
+    # the final MLFF band of each reaction, with both energies per image, for the user to inspect
+    from ase.io import read
+
+    for name, b in barriers.items():
+        band = read(run_dir / "paths" / f"{name}.xyz", ":")
+        assert len(band) == protocol["parameters"]["b6_neb"]["n_images"] + 2
+        e = [a.info["energy_mlff_eV"] for a in band]
+        assert max(e) - e[0] == pytest.approx(b["mlff_barrier_eV"], abs=1e-6)
+        if protocol["validation"]["enabled"]:
+            assert len(read(run_dir / "paths" / f"{name}.validation.xyz", ":")) == len(band)
 
     # every label carries its provenance, and the reasons of the protocol appear
     from ase.db import connect

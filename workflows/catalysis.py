@@ -70,6 +70,7 @@ class Catalysis:
         self.barriers: dict[str, dict] = {}
         self.neb_history: list[dict] = []
         self.paths: dict[str, dict] = {}
+        self._validation_images: dict[str, list[Atoms]] = {}
 
     # ------------------------------------------------------------------ helpers
     def _md(self, block) -> dict:
@@ -328,7 +329,8 @@ class Catalysis:
             res = f.result()
             out[rname] = {"reference_fmax_step0_eV_per_A": res.fmax_initial_eV_per_A, "steps": res.steps,
                           "converged": res.converged, "reference_barrier_eV": res.forward_barrier_eV,
-                          "reference_energies_eV": res.energies_eV}
+                          "reference_energies_eV": res.energies_eV, "reference_calls": res.energy_evaluations}
+            self._validation_images[rname] = res.images
         return out
 
     # ------------------------------------------------------------------ the run
@@ -366,8 +368,37 @@ class Catalysis:
                              "abs_error_eV": abs(b["mlff_barrier_eV"] - ref) if ref is not None else None})
         summary = {"blocks": self.reports, "barriers": barriers, "validation": validation,
                    "training_set_size": self.store.count(), "model": self.campaign.model.model_dump(mode="json")}
+        self._write_paths(validation)
         self._report(summary)
         return summary
+
+    def _write_paths(self, validation: dict):
+        """paths/<reaction>.xyz: the final MLFF band (MLFF and reference energies per image), and
+        paths/<reaction>.validation.xyz: the reference NEB started from it."""
+        from io import StringIO
+
+        from ase.io import write
+
+        from .store import atomic_write_text
+
+        def save(name: str, images: list[Atoms], info: dict[str, list]):
+            frames = []
+            for k, image in enumerate(images):
+                a = image.copy()
+                a.calc = None
+                a.info.update({key: values[k] for key, values in info.items() if values is not None})
+                frames.append(a)
+            buffer = StringIO()
+            write(buffer, frames, format="extxyz")
+            atomic_write_text(self.store.run_dir / "paths" / name, buffer.getvalue())
+
+        for rname, path in self.paths.items():
+            row = self.barriers.get(rname, {})
+            save(f"{rname}.xyz", path["images"], {"energy_mlff_eV": path["energies_eV"],
+                                                 "energy_reference_eV": row.get("reference_energies_eV")})
+            if rname in self._validation_images:
+                save(f"{rname}.validation.xyz", self._validation_images[rname],
+                     {"energy_reference_eV": validation[rname]["reference_energies_eV"]})
 
     def _report(self, summary: dict):
         from . import report
