@@ -1,0 +1,97 @@
+"""Reference calls of the whole protocol vs a direct reference NEB (thesis §3.4.1: 622 training
+configurations against ≈5000 single points of a direct DFT NEB, 8×).
+
+    python benchmarks/reference_calls.py [--run-dir DIR]  ->  benchmarks/results/reference_calls.json
+
+DIR is a finished catalysis run (default runs/quickstart-zno-vacancy, what `make demo` makes). For each
+of its reactions a reference NEB is started from the linear/IDPP interpolation between the same
+endpoints the protocol used (paths/<reaction>.xyz, first and last image), with the protocol's block-6
+band settings, and relaxed to the validation's force criterion. Its reference calls are every energy +
+force calculation on every image. The direct NEBs run through the engine on the `local` site into
+DIR/direct-neb (journaled: re-running answers finished NEBs from there).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ase.io import read  # noqa: E402
+
+from schemas.loading import read_yaml, validate  # noqa: E402
+from schemas.protocol import load_protocol  # noqa: E402
+from schemas.site import SiteConfig  # noqa: E402
+from schemas.tasks import NEBSpec  # noqa: E402
+from workflows.catalysis_build import build_system, fixed_indices  # noqa: E402
+from workflows.engine import Engine  # noqa: E402
+
+MAX_STEPS = 3000
+
+
+def direct_nebs(run_dir: Path, protocol) -> dict:
+    P6, V = protocol.parameters.b6_neb, protocol.validation
+    fixed = fixed_indices(build_system(protocol).site_slab)
+    spec = NEBSpec(reference=protocol.reference, n_images=P6.n_images, interpolation=P6.interpolation,
+                   climb=P6.climb, method=P6.method, precon=P6.precon, spring_k_eV_per_A2=P6.spring_k_eV_per_A2,
+                   fmax_eV_per_A=V.fmax_eV_per_A,
+                   max_steps=MAX_STEPS, fixed_atoms=fixed)
+    site = validate("local", read_yaml(ROOT / "site-configs" / "local.yaml"), SiteConfig)
+    out = {}
+    with Engine(site, run_dir / "direct-neb") as engine:
+        futures = {}
+        for r in protocol.reactions:
+            band = read(run_dir / "paths" / f"{r.name}.xyz", ":")
+            futures[r.name] = engine.submit(spec, [band[0], band[-1]])
+        for name, f in futures.items():
+            t0 = time.time()
+            res = f.result()
+            out[name] = {"reference_calls": res.energy_evaluations, "steps": res.steps, "converged": res.converged,
+                         "fmax_eV_per_A": res.fmax_eV_per_A, "reference_barrier_eV": res.forward_barrier_eV,
+                         "waited_s": round(time.time() - t0, 1)}
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "quickstart-zno-vacancy")
+    args = ap.parse_args()
+    run_dir = args.run_dir.resolve()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    protocol = load_protocol(run_dir / "protocol.yaml")
+
+    t0 = time.time()
+    direct = direct_nebs(run_dir, protocol)
+    protocol_calls = summary["reference_calls"]  # every labelling single point of blocks 0-6
+    validation_calls = sum(v.get("reference_calls", 0) for v in summary.get("validation", {}).values())
+    direct_calls = sum(d["reference_calls"] for d in direct.values())
+    errors = [b["abs_error_eV"] for b in summary["barriers"] if b["abs_error_eV"] is not None]
+    out = {
+        "command": "python benchmarks/reference_calls.py",
+        "run_dir": str(run_dir),
+        "machine": f"{platform.machine()}, Python {platform.python_version()}",
+        "reference": protocol.reference.model_dump(mode="json"),
+        "protocol_reference_calls": protocol_calls,
+        "validation_reference_calls": validation_calls,
+        "direct_neb_reference_calls": direct_calls,
+        "ratio": round(direct_calls / protocol_calls, 2) if protocol_calls else None,
+        "ratio_with_validation": round(direct_calls / (protocol_calls + validation_calls), 2)
+        if protocol_calls + validation_calls else None,
+        "all_direct_nebs_converged": all(d["converged"] for d in direct.values()),
+        "max_abs_barrier_error_eV": max(errors) if errors else None,
+        "barriers": summary["barriers"],
+        "direct_neb": direct,
+        "direct_neb_wall_s": round(time.time() - t0, 1),
+    }
+    dest = ROOT / "benchmarks" / "results" / "reference_calls.json"
+    dest.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
