@@ -106,7 +106,7 @@ def _matrix(model, atoms):
         edge_feats=edge_feats, edge_index=b["edge_index"], cutoff=cutoff,
     )
     V = m.products[0](node_feats=msg, sc=sc, node_attrs=b["node_attrs"])
-    H, mask = m.matrix_layers[0].matrix(V, edge_feats, b["edge_index"], b["batch"], b["ptr"])
+    H, mask = m.matrix_layers[0].matrix(V, edge_feats, vec, b["edge_index"], b["batch"], b["ptr"])
     return H[0].detach()
 
 
@@ -204,3 +204,18 @@ def test_model_is_nonlocal_beyond_receptive_field(models_by_l, l_max):
     ea = model(batch_of([a]))["node_energy"].detach()
     eb = model(batch_of([b]))["node_energy"].detach()
     assert abs(ea[0] - eb[0]) > 1e-9
+
+
+def test_terminal_dihedral_reaches_the_energy_only_through_l1_matrix():
+    """n_C = 12: the two CH2 ends are 14 Å apart, beyond two 3 Å layers, so only f(H) can couple their
+    orientations. L = 1 needs p–p hopping on every bond (δ and r̂r̂ parts) and an anisotropic on-site block
+    at the CH2 end; L = 0 blocks are built from invariants of local environments and stay blind to it."""
+    spread = {}
+    for l in (0, 1):
+        torch.manual_seed(2)
+        model = tiny(l, channels=8, matrix_channels=4, n_poles=8, pole_im_init=(0.06, 0.2))
+        batch = batch_of([cumulene(12, phi) for phi in (0.0, 45.0, 90.0)])
+        e = model(batch)["energy"].detach().numpy()
+        spread[l] = np.abs(e - e[0]).max() / abs(e[0])
+    assert spread[1] > 1e-7, spread  # ~4e-6 (2.7 meV); exactly 0 without the bond-direction blocks
+    assert spread[0] < 1e-13, spread

@@ -16,7 +16,7 @@ from schemas.tasks import MFNModelSpec, ModelRef, TrainSpec
 
 TINY = dict(
     channels=4, max_ell=1, correlation=2, matrix_channels=2, n_poles=2, batch_size=4, lr=1e-2,
-    energy_weight=100.0, forces_weight=1.0,
+    energy_weight=100.0, forces_weight=1.0, matrix_norm="layer",
 )
 
 

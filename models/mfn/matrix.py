@@ -153,15 +153,27 @@ class PoleExpansion(torch.nn.Module):
     derivatives); an eigendecomposition's derivative is unstable at degenerate eigenvalues (§6.4).
     """
 
-    def __init__(self, channels: int, n_poles: int, im_min: float = 0.05, re_span: float = 2.0):
+    def __init__(
+        self, channels: int, n_poles: int, im_min: float = 0.05, re_span: float = 2.0,
+        im_init: tuple[float, float] = (0.5, 0.5),
+    ):
         super().__init__()
         self.im_min = im_min
         re = torch.linspace(-re_span, re_span, n_poles).repeat(channels, 1)
         self.pole_re = torch.nn.Parameter(re + 0.05 * torch.randn(channels, n_poles))
-        # softplus^-1(0.5): initial Im z_s ≈ 0.5 + im_min
-        self.pole_im_raw = torch.nn.Parameter(torch.full((channels, n_poles), math.log(math.expm1(0.5))))
-        self.w_re = torch.nn.Parameter(torch.randn(channels, n_poles) / n_poles)
-        self.w_im = torch.nn.Parameter(torch.randn(channels, n_poles) / n_poles)
+        # Im z_s spread geometrically over [im_init]: by Combes–Thomas (§6.5.2) the resolvent at Im z = γ
+        # decays over ~v/γ sites (v: band velocity), so large Im z alone makes f(H) local
+        lo, hi = im_init
+        if not im_min < lo <= hi:
+            raise ValueError(f"pole_im_init {im_init} must lie above pole_im_min {im_min}")
+        im = torch.logspace(math.log10(lo), math.log10(hi), n_poles)[torch.randperm(n_poles)]
+        raw = torch.log(torch.expm1(im - im_min))  # softplus^-1
+        self.pole_im_raw = torch.nn.Parameter(raw.repeat(channels, 1))
+        # |w_s (z_s − λ)^-1| ≤ |w_s| / Im z_s: weights ∝ Im z_s keep every term of f at most O(1/n_poles)
+        # at the start, however close an eigenvalue comes to a pole
+        scale = (im / n_poles).repeat(channels, 1)
+        self.w_re = torch.nn.Parameter(torch.randn(channels, n_poles) * scale)
+        self.w_im = torch.nn.Parameter(torch.randn(channels, n_poles) * scale)
 
     def poles(self) -> torch.Tensor:
         im = self.im_min + torch.nn.functional.softplus(self.pole_im_raw)

@@ -49,6 +49,13 @@ class MFNConfig:
     matrix_channels: int = 16
     n_poles: int = 16
     pole_im_min: float = 0.05
+    # weight of the V ⊗ V and V_i terms against the bond-direction terms: with these small the start is
+    # a tight-binding-like H whose σ and π bands are both wide, so f(H) carries orientations along a
+    # chain from the first step; a narrow π band between the poles transmits nothing (evanescent)
+    matrix_product_scale: float = 0.1
+    # initial Im z_s, geometric spread over the poles. Im z ≈ 0.5 gives a smooth energy surface from the
+    # start; resolving the π levels of a 12-carbon chain needs ~0.06–0.2 (benchmarks/mfn_cumulene.py)
+    pole_im_init: tuple[float, float] = (0.5, 0.5)
     matrix_norm: str = "batch"
     readout_mlp: int = 16
     avg_num_neighbors: float = 2.0
@@ -57,7 +64,16 @@ class MFNConfig:
 
 
 class MatrixFunctionLayer(torch.nn.Module):
-    """Steps (2)–(5) of one MFN layer: node features V -> non-local update of V."""
+    """Steps (2)–(5) of one MFN layer: node features V -> non-local update of V.
+
+    Off-site blocks (Eq. 6.10–6.11) have two parts: R_c(r_ij)(V_i ⊗ V_j) and a Slater–Koster-like
+    part R'_c(r_ij) u_i u_j Y^l(r̂_ij), l ≤ 2, from scalar node features u. The second gives p–p blocks
+    an isotropic (δ) and an r̂r̂ (l = 2) term on every bond: on a linear chain the inner atoms'
+    vector features vanish by symmetry, so V_i ⊗ V_j alone leaves the p orbitals uncoupled there and
+    the orientation of one chain end cannot reach the other. On-site blocks get, besides V_i ⊗ V_i and
+    V_i, the neighbourhood sum Σ_j R''_c(r_ij) u_j Y^l(r̂_ij), whose l = 2 part carries the plane of a
+    CH2 group (the vectors V_i of its carbon all lie on the chain axis).
+    """
 
     def __init__(self, node_irreps: o3.Irreps, num_bessel: int, cfg: MFNConfig):
         super().__init__()
@@ -75,25 +91,51 @@ class MatrixFunctionLayer(torch.nn.Module):
         self.radial = e3nn_nn.FullyConnectedNet(
             [num_bessel] + cfg.radial_MLP + [self.edge_tp.weight_numel], torch.nn.functional.silu
         )
+        # bond-direction terms u ⊗ Y^l(r̂_ij) onto the paths with l3 ∈ {0e, 1o, 2e}
+        self.sh_irreps = o3.Irreps.spherical_harmonics(2 * cfg.matrix_l_max)
+        self.sh = o3.SphericalHarmonics(self.sh_irreps, normalize=True, normalization="component")
+        scalars_c = o3.Irreps(f"{c}x0e")
+        sh_index = {ir: n for n, (_, ir) in enumerate(self.sh_irreps)}
+        dir_instr = [(0, sh_index[ir], k, "uvu", True) for k, (_, _, ir) in enumerate(self.basis.paths) if ir in sh_index]
+        self.scalars = o3.Linear(node_irreps, scalars_c)
+        self.bond_tp = o3.TensorProduct(
+            scalars_c, self.sh_irreps, path_irreps, dir_instr, shared_weights=False, internal_weights=False
+        )
+        self.bond_radial = e3nn_nn.FullyConnectedNet(
+            [num_bessel] + cfg.radial_MLP + [self.bond_tp.weight_numel], torch.nn.functional.silu
+        )
+        self.site_tp = o3.TensorProduct(
+            scalars_c, self.sh_irreps, path_irreps, dir_instr, shared_weights=False, internal_weights=False
+        )
+        self.site_radial = e3nn_nn.FullyConnectedNet(
+            [num_bessel] + cfg.radial_MLP + [self.site_tp.weight_numel], torch.nn.functional.silu
+        )
+        self.avg_num_neighbors = cfg.avg_num_neighbors
+        self.product_scale = cfg.matrix_product_scale
         self.onsite_tp = o3.TensorProduct(irreps_c, irreps_c, path_irreps, instructions)
         self.onsite_linear = o3.Linear(node_irreps, path_irreps)
         self.norm = MatrixNorm(c, cfg.matrix_norm)
-        self.function = PoleExpansion(c, cfg.n_poles, cfg.pole_im_min)
+        self.function = PoleExpansion(c, cfg.n_poles, cfg.pole_im_min, im_init=cfg.pole_im_init)
         self.update = o3.Linear(path_irreps, node_irreps)
 
-    def matrix(self, V, edge_feats, edge_index, batch, ptr):
+    def matrix(self, V, edge_feats, edge_vectors, edge_index, batch, ptr):
         """The normalised H [B, c, n·M, n·M] and its real-row mask."""
+        sender, receiver = edge_index[0], edge_index[1]
         Vc = self.project(V)
-        weights = self.radial(edge_feats)
-        eps = self.edge_tp(Vc[edge_index[0]], Vc[edge_index[1]], weights)
+        u = self.scalars(V)
+        Y = self.sh(edge_vectors)
+        eps = self.edge_tp(Vc[sender], Vc[receiver], self.radial(edge_feats))
+        eps = self.product_scale * eps + self.bond_tp(u[sender] * u[receiver], Y, self.bond_radial(edge_feats))
         off = self.basis.to_blocks(eps, self.c)
-        on = self.basis.to_blocks(self.onsite_tp(Vc, Vc) + self.onsite_linear(V), self.c)
+        site = self.site_tp(u[receiver], Y, self.site_radial(edge_feats))  # seen from the sender
+        site = scatter_sum(site, sender, dim=0, dim_size=V.shape[0]) / self.avg_num_neighbors
+        on = self.basis.to_blocks(self.product_scale * (self.onsite_tp(Vc, Vc) + self.onsite_linear(V)) + site, self.c)
         on = 0.5 * (on + on.transpose(-1, -2))
         H, mask = dense_blocks(off, edge_index, on, batch, ptr)
         return self.norm(H, mask), mask
 
-    def forward(self, V, edge_feats, edge_index, batch, ptr):
-        H, _ = self.matrix(V, edge_feats, edge_index, batch, ptr)
+    def forward(self, V, edge_feats, edge_vectors, edge_index, batch, ptr):
+        H, _ = self.matrix(V, edge_feats, edge_vectors, edge_index, batch, ptr)
         fH = self.function(H)  # [B, c, n·M, n·M]
         B, c, nM, _ = fH.shape
         M = self.basis.M
@@ -191,7 +233,7 @@ class MFN(torch.nn.Module):
                 cutoff=cutoff,
             )
             V = product(node_feats=m, sc=sc, node_attrs=node_attrs)
-            h = matrix_layer(V, edge_feats, edge_index, batch, ptr)
+            h = matrix_layer(V, edge_feats, vectors, edge_index, batch, ptr)
             node_energy = node_energy + self.scale_shift(readout(h).squeeze(-1), torch.zeros_like(batch))
         energy = scatter_sum(node_energy, batch, dim=0, dim_size=n_graphs)
         out = {"energy": energy, "node_energy": node_energy, "forces": None}

@@ -66,8 +66,16 @@ def fit(
     max_time_s: float | None = None,
     eval_every: int = 1,
     patience: int = 50,
+    schedule: str = "plateau",
 ) -> dict:
-    """Train in place; loads the best-validation weights at the end. Returns the loss history."""
+    """Train in place; loads the best-validation weights at the end. Returns the loss history.
+
+    schedule 'plateau': lr × 0.8 after `patience` evaluations without improvement; 'cosine': lr
+    follows a half cosine to lr/100 over max_time_s (or epochs), which gets more out of a short fixed
+    budget than waiting for plateaus.
+    """
+    if schedule not in ("plateau", "cosine"):
+        raise ValueError(f"schedule must be 'plateau' or 'cosine', got {schedule!r}")
     from mace.modules.loss import WeightedEnergyForcesLoss
 
     torch.manual_seed(seed)
@@ -80,6 +88,10 @@ def fit(
     best, best_state, history = float("inf"), copy.deepcopy(model.state_dict()), []
     start = time.time()
     for epoch in range(epochs):
+        if schedule == "cosine":
+            done = (time.time() - start) / max_time_s if max_time_s else epoch / max(epochs, 1)
+            for group in optimiser.param_groups:
+                group["lr"] = lr * (0.01 + 0.99 * 0.5 * (1.0 + np.cos(np.pi * min(done, 1.0))))
         model.train()
         total = 0.0
         for batch in train_loader:
@@ -103,7 +115,8 @@ def fit(
                 vl += float(loss_fn(batch, out).detach()) * batch.num_graphs
                 count += batch.num_graphs
             record["valid_loss"] = vl / count
-            scheduler.step(record["valid_loss"])
+            if schedule == "plateau":
+                scheduler.step(record["valid_loss"])
             if record["valid_loss"] < best:
                 best, best_state = record["valid_loss"], copy.deepcopy(model.state_dict())
             log.info("epoch %d train %.5g valid %.5g", epoch, train_loss, record["valid_loss"])
