@@ -237,6 +237,7 @@ class Catalysis:
         for iteration in range(1, P6.max_iterations + 1):
             self.progress.set_stage(f"block 6 ({name}): iteration {iteration}, NEBs over "
                                     f"{sum(len(v) for v in perms.values())} permutation(s)")
+            ends = self._relax_ends(ends)
             errors, row = self._neb_iteration(iteration, ends, perms, report)
             worst = max(errors) if errors else float("inf")
             report.iterations, report.criterion_value = iteration, worst
@@ -247,6 +248,16 @@ class Catalysis:
                 break
             self.campaign.retrain(f"{name}-{iteration}")
         self._finish(report)
+
+    def _relax_ends(self, ends: dict[str, Atoms]) -> dict[str, Atoms]:
+        """Endpoints re-optimised with the model the NEBs use: block 5's minima belong to an earlier
+        model, and a band between points that are not minima of its model has no defined barrier."""
+        P5 = self.P.b5_geometry
+        spec = OptimiseSpec(model=self.campaign.model, fmax_eV_per_A=P5.mlff_fmax_eV_per_A, max_steps=P5.max_steps,
+                            optimizer=P5.optimizer, fixed_atoms=self.fixed, sigma_thr_eV=self.p.sigma_thr_eV)
+        futures = {n: self.engine.submit(spec, [a]) for n, a in ends.items()}
+        wait(futures.values())
+        return {n: f.result().final if f.exception() is None else ends[n] for n, f in futures.items()}
 
     def _neb_spec(self, model=None, reference=None, **kw) -> NEBSpec:
         P6 = self.P.b6_neb
