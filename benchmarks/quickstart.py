@@ -2,9 +2,11 @@
 
     python benchmarks/quickstart.py [--from-run DIR]  ->  benchmarks/results/quickstart.json
 
-Runs `run.py --site local-htex examples/quickstart.yaml` in a fresh run directory (what `make demo`
-does) and collects the figures the README quotes from its summary.json; with --from-run, summarises
-a run directory that command already made (its own wall time and how many tasks came from a journal).
+Runs `run.py --site local-htex examples/quickstart.yaml` afresh in runs/quickstart-benchmark (what
+`make demo` does; an earlier benchmark run there is moved aside) and collects the figures the README
+quotes from its summary.json; the run directory stays for benchmarks/reference_calls.py. With
+--from-run, summarises a run directory that command already made (its own wall time and how many
+tasks came from a journal).
 """
 from __future__ import annotations
 
@@ -13,35 +15,36 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_fresh() -> tuple[dict, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp) / "run"
-        t0 = time.time()
-        p = subprocess.run([sys.executable, str(ROOT / "run.py"), "--site", "local-htex", "--run-dir", str(run_dir),
-                            "--no-live", str(ROOT / "examples" / "quickstart.yaml")], capture_output=True, text=True)
-        wall = time.time() - t0
-        if p.returncode != 0:
-            sys.exit(f"quickstart failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
-        return json.loads((run_dir / "summary.json").read_text()), wall
+def run_fresh() -> tuple[dict, float, Path]:
+    run_dir = ROOT / "runs" / "quickstart-benchmark"
+    t0 = time.time()
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), "--site", "local-htex", "--run-dir", str(run_dir),
+                        "--force-new", "--no-live", str(ROOT / "examples" / "quickstart.yaml")],
+                       capture_output=True, text=True)
+    wall = time.time() - t0
+    if p.returncode != 0:
+        sys.exit(f"quickstart failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    return json.loads((run_dir / "summary.json").read_text()), wall, run_dir
 
 
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--from-run":
-        summary = json.loads((Path(sys.argv[2]) / "summary.json").read_text())
+        run_dir = Path(sys.argv[2]).resolve()
+        summary = json.loads((run_dir / "summary.json").read_text())
         wall = summary["wall_s"]
     else:
-        summary, wall = run_fresh()
+        summary, wall, run_dir = run_fresh()
     # tasks this invocation answered from the journal (a resumed or partly reused run), if recorded
     cached = sum(c.get("cached", 0) for c in summary.get("executors", {}).values()) if "executors" in summary else None
     out = {
         "command": "python run.py --site local-htex examples/quickstart.yaml",
+        "run_dir": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir),
         "tasks_answered_from_journal": cached,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "wall_s": round(wall, 1),
