@@ -165,6 +165,13 @@ class Catalysis:
         return snapshots
 
     # ------------------------------------------------------------------ block 5
+    def _optimise_spec(self, stop_on_breach: bool) -> OptimiseSpec:
+        """MLFF minimisation with block 5's settings and the current model."""
+        P5 = self.P.b5_geometry
+        return OptimiseSpec(model=self.campaign.model, fmax_eV_per_A=P5.mlff_fmax_eV_per_A, max_steps=P5.max_steps,
+                            optimizer=P5.optimizer, fixed_atoms=self.fixed, sigma_thr_eV=self.p.sigma_thr_eV,
+                            stop_on_breach=stop_on_breach)
+
     def block5(self):
         name, P5 = BLOCK_NAMES[5], self.P.b5_geometry
         report = BlockReport(name, criterion="max reference force on MLFF minima (eV/Å) < "
@@ -175,9 +182,7 @@ class Catalysis:
             self.progress.set_stage(f"block 5 ({name}): iteration {iteration}, optimising {len(start)} intermediates")
             # an optimisation is interrupted like an MD when σ breaches σ_thr (thesis §3.2): that
             # configuration is labelled instead of a minimum the model does not know
-            spec = OptimiseSpec(model=self.campaign.model, fmax_eV_per_A=P5.mlff_fmax_eV_per_A,
-                                max_steps=P5.max_steps, optimizer=P5.optimizer, fixed_atoms=self.fixed,
-                                sigma_thr_eV=self.p.sigma_thr_eV, stop_on_breach=True)
+            spec = self._optimise_spec(stop_on_breach=True)
             labels: dict[str, Future] = {}
             breached: dict[str, bool] = {}
             lock = threading.Lock()
@@ -252,9 +257,7 @@ class Catalysis:
     def _relax_ends(self, ends: dict[str, Atoms]) -> dict[str, Atoms]:
         """Endpoints re-optimised with the model the NEBs use: block 5's minima belong to an earlier
         model, and a band between points that are not minima of its model has no defined barrier."""
-        P5 = self.P.b5_geometry
-        spec = OptimiseSpec(model=self.campaign.model, fmax_eV_per_A=P5.mlff_fmax_eV_per_A, max_steps=P5.max_steps,
-                            optimizer=P5.optimizer, fixed_atoms=self.fixed, sigma_thr_eV=self.p.sigma_thr_eV)
+        spec = self._optimise_spec(stop_on_breach=False)
         futures = {n: self.engine.submit(spec, [a]) for n, a in ends.items()}
         wait(futures.values())
         return {n: f.result().final if f.exception() is None else ends[n] for n, f in futures.items()}
@@ -386,11 +389,6 @@ class Catalysis:
     def _write_paths(self, validation: dict):
         """paths/<reaction>.xyz: the final MLFF band (MLFF and reference energies per image), and
         paths/<reaction>.validation.xyz: the reference NEB started from it."""
-        from io import StringIO
-
-        from ase.io import write
-
-        from .store import atomic_write_text
 
         def save(name: str, images: list[Atoms], info: dict[str, list]):
             frames = []
@@ -399,9 +397,7 @@ class Catalysis:
                 a.calc = None
                 a.info.update({key: values[k] for key, values in info.items() if values is not None})
                 frames.append(a)
-            buffer = StringIO()
-            write(buffer, frames, format="extxyz")
-            atomic_write_text(self.store.run_dir / "paths" / name, buffer.getvalue())
+            self.store.write_xyz(f"paths/{name}", frames)
 
         for rname, path in self.paths.items():
             row = self.barriers.get(rname, {})

@@ -124,9 +124,14 @@ class Store:
             return self._db.count(**selection)
 
     def export_dataset(self, name: str = "dataset.xyz") -> Path:
+        return self.write_xyz(name, self.training_set())
+
+    def write_xyz(self, name: str, frames: list[Atoms]) -> Path:
+        """Structures as extxyz at run_dir/name (subdirectories made), written atomically."""
         path = self.run_dir / name
-        tmp = path.with_name(f".{name}.tmp")
-        write(tmp, self.training_set(), format="extxyz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        write(tmp, frames, format="extxyz")
         os.replace(tmp, path)
         return path
 
