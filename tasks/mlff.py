@@ -8,10 +8,35 @@ The thesis's σ_thr = 50 meV refers to the local *energy* uncertainty (§3.2).
 """
 from __future__ import annotations
 
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from schemas.tasks import ModelRef
+
+
+_SPARSE_FILE = re.compile(r'sparseX_filename="([^"]+)"')
+
+
+@contextmanager
+def _resolved_sparse_files(xml: Path):
+    """The xml itself, or (when it names separate sparse-point files) a temporary copy naming them by
+    absolute path beside the xml: quippy opens them relative to the process's working directory, and
+    changing that is not safe while other tasks run in threads."""
+    text = xml.read_text()
+    if not _SPARSE_FILE.search(text):
+        yield xml
+        return
+    here = xml.resolve().parent
+    text = _SPARSE_FILE.sub(lambda m: f'sparseX_filename="{here / Path(m.group(1)).name}"', text)
+    with tempfile.TemporaryDirectory(prefix="gap-") as tmp:
+        copy = Path(tmp) / xml.name
+        copy.write_text(text)
+        yield copy
 
 
 class GAPCalculator(Calculator):
@@ -23,8 +48,9 @@ class GAPCalculator(Calculator):
         super().__init__(**kwargs)
         from quippy.potential import Potential
 
-        # The word after local_gap_variance= names the output array (DESIGN: measured with quippy 0.10.3).
-        self.pot = Potential(param_filename=xml_path, calc_args="local_gap_variance=local_gap_variance")
+        with _resolved_sparse_files(Path(xml_path)) as xml:
+            # The word after local_gap_variance= names the output array (DESIGN: measured with quippy 0.10.3).
+            self.pot = Potential(param_filename=str(xml), calc_args="local_gap_variance=local_gap_variance")
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)

@@ -59,10 +59,41 @@ def test_gap_reproduces_training_set_better_than_constant(tiny_gap_fit, emt_cu_t
 
 def test_gap_model_ref_identity(tiny_gap_model):
     xml = Path(tiny_gap_model.paths[0])
-    assert not list(xml.parent.glob("gap.xml.sparseX.*")), "sparse points live inside the one model file"
-    assert "<sparseX " in xml.read_text()
-    assert tiny_gap_model.sha256 == files_sha256([xml])
+    sparse = sorted(xml.parent.glob("gap.xml.sparseX.*"))
+    assert xml.name == "gap.xml" and sparse, "sparse points in their own files, named by the model"
+    assert [Path(p) for p in tiny_gap_model.paths] == [xml] + sparse
+    assert tiny_gap_model.sha256 == files_sha256([xml] + sparse)
     assert tiny_gap_model.model == "gap" and tiny_gap_model.uncertainty == "energy"
+
+
+def test_gap_model_loads_anywhere_after_copy(tiny_gap_model, tmp_path, monkeypatch):
+    """quippy opens sparse-point files relative to the working directory: a model copied elsewhere
+    (a run's models/ folder) must load the copied files from any working directory."""
+    import shutil
+
+    copy = tmp_path / "models" / "b-1"
+    copy.mkdir(parents=True)
+    for p in tiny_gap_model.paths:
+        shutil.copyfile(p, copy / Path(p).name)
+    moved = tiny_gap_model.model_copy(update={"paths": [str(copy / Path(p).name) for p in tiny_gap_model.paths]})
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.rattle(0.05, seed=1)
+    e = [_energy(load_mlff(m), atoms) for m in (tiny_gap_model, moved)]
+    assert e[0] == pytest.approx(e[1], abs=1e-10)
+    # the copy, not the original, is what loads: without its sparse files it cannot
+    for f in copy.glob("gap.xml.sparseX.*"):
+        f.unlink()
+    with pytest.raises(Exception):
+        _energy(load_mlff(moved), atoms)
+
+
+def _energy(calc, atoms):
+    a = atoms.copy()
+    a.calc = calc
+    return a.get_potential_energy()
 
 
 def test_gap_sigma_small_near_data_large_far_from_it(tiny_gap_model):
