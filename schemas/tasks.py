@@ -290,8 +290,12 @@ class MDSpec(TaskBase):
 
 
 class OptimiseSpec(TaskBase):
+    """Geometry optimisation on the MLFF (block 5) or, with `reference` instead, on the reference (the
+    validation relaxes reaction endpoints to reference minima before its NEB)."""
+
     kind: Literal["optimise"] = "optimise"
-    model: ModelRef
+    model: ModelRef | None = None
+    reference: Reference | None = None
     fmax_eV_per_A: float = Field(0.001, gt=0, description="thesis: 0.001 eV/Å with the MLFF")
     max_steps: int = Field(1000, gt=0)
     optimizer: Literal["BFGS", "FIRE", "LBFGS"] = "BFGS"
@@ -300,6 +304,12 @@ class OptimiseSpec(TaskBase):
     stop_on_breach: bool = Field(
         False, description="stop at the first per-atom σ > σ_thr (default: run to the MLFF minimum, thesis block 5)"
     )
+
+    @model_validator(mode="after")
+    def _one_potential(self):
+        if (self.model is None) == (self.reference is None):
+            raise ValueError("optimise: give exactly one of 'model' (MLFF) or 'reference'")
+        return self
 
 
 class NEBSpec(TaskBase):

@@ -1,7 +1,8 @@
-"""MLFF geometry optimisation (thesis §3.3 block 5: the MLFF minimum is the configuration sampled).
+"""Geometry optimisation: on the MLFF (thesis §3.3 block 5: the MLFF minimum is the configuration
+sampled) or on the reference (reaction endpoints relaxed for the validation NEB).
 
-σ along the trajectory is read from each step's evaluation; with `stop_on_breach` the optimisation
-stops at the first per-atom σ > σ_thr and that configuration is returned as `final`.
+With the MLFF, σ along the trajectory is read from each step's evaluation; with `stop_on_breach` the
+optimisation stops at the first per-atom σ > σ_thr and that configuration is returned as `final`.
 """
 from __future__ import annotations
 
@@ -28,7 +29,12 @@ def max_force(atoms: Atoms) -> float:
 def run(spec: OptimiseSpec, structures: list[Atoms], ctx: TaskContext) -> OptimiseResult:
     atoms = single_structure(structures, "optimise").copy()
     apply_fixed_atoms(atoms, spec.fixed_atoms)
-    atoms.calc = load_mlff(spec.model, ctx.device)
+    if spec.model is not None:
+        atoms.calc = load_mlff(spec.model, ctx.device)
+    else:
+        from .references import make_calculator
+
+        atoms.calc = make_calculator(spec.reference, atoms, ctx)
 
     energies: list[float] = []
     sigmas: list[float] = []
@@ -40,7 +46,7 @@ def run(spec: OptimiseSpec, structures: list[Atoms], ctx: TaskContext) -> Optimi
         if not np.isfinite(energy) or not np.isfinite(atoms.get_forces()).all():
             raise UnphysicalResult(f"optimise: non-finite energy/forces at step {opt.nsteps}")
         energies.append(float(energy))
-        sigmas.append(float(current_sigma(atoms).max()))
+        sigmas.append(float(current_sigma(atoms).max()) if spec.model is not None else 0.0)
         if spec.stop_on_breach and sigmas[-1] > spec.sigma_thr_eV:
             breached = True
             break

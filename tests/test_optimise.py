@@ -60,3 +60,33 @@ def test_stop_on_breach(tiny_gap_model, tmp_path):
     assert stopped.max_sigma_eV > 0.05
     reported = run(OptimiseSpec(model=tiny_gap_model, max_steps=2, sigma_thr_eV=0.05), [squeezed], ctx)
     assert not reported.breached and reported.steps == 2
+
+
+def test_reference_relaxation_with_emt(tmp_path):
+    """The validation relaxes reaction endpoints on the reference: same task, a reference instead of a model."""
+    from ase.calculators.emt import EMT
+
+    from schemas.tasks import EMTReference
+
+    slab = _rattled_slab()
+    bottom = [a.index for a in slab if a.tag == 3]
+    spec = OptimiseSpec(reference=EMTReference(), fmax_eV_per_A=0.02, fixed_atoms=bottom)
+    result = run(spec, [slab], TaskContext(workdir=tmp_path))
+    assert result.converged and result.fmax_eV_per_A < 0.02
+    a = result.final.copy()
+    a.calc = EMT()
+    f = a.get_forces()
+    f[bottom] = 0.0
+    assert np.linalg.norm(f, axis=1).max() < 0.02
+    assert result.max_sigma_eV == 0.0  # a reference has no σ
+
+
+def test_optimise_needs_exactly_one_potential(tiny_gap_model):
+    from pydantic import ValidationError
+
+    from schemas.tasks import EMTReference
+
+    with pytest.raises(ValidationError, match="exactly one"):
+        OptimiseSpec()
+    with pytest.raises(ValidationError, match="exactly one"):
+        OptimiseSpec(model=tiny_gap_model, reference=EMTReference())
