@@ -4,9 +4,10 @@ configurations against ≈5000 single points of a direct DFT NEB, 8×).
     python benchmarks/reference_calls.py [--run-dir DIR]  ->  benchmarks/results/reference_calls.json
 
 DIR is a finished catalysis run (default runs/quickstart-zno-vacancy, what `make demo` makes). For each
-of its reactions a reference NEB is started from the linear/IDPP interpolation between the same
-endpoints the protocol used (paths/<reaction>.xyz, first and last image), with the protocol's block-6
-band settings, and relaxed to the validation's force criterion. Its reference calls are every energy +
+of its reactions a reference NEB is started from the linear/IDPP interpolation between the endpoints
+of the validation (paths/<reaction>.validation.xyz, first and last image: the protocol's endpoints
+relaxed on the reference; without a validation, those of paths/<reaction>.xyz), with the protocol's
+block-6 band settings, and relaxed to the validation's force criterion. Its reference calls are every energy +
 force calculation on every image. The direct NEBs run through the engine on the `local` site into
 DIR/direct-neb (journaled: re-running answers finished NEBs from there).
 """
@@ -45,11 +46,13 @@ def direct_nebs(run_dir: Path, protocol) -> dict:
     with Engine(site, run_dir / "direct-neb") as engine:
         futures = {}
         for r in protocol.reactions:
-            band = read(run_dir / "paths" / f"{r.name}.xyz", ":")
-            futures[r.name] = engine.submit(spec, [band[0], band[-1]])
-        for name, f in futures.items():
+            validation = run_dir / "paths" / f"{r.name}.validation.xyz"
+            band = read(validation if validation.exists() else run_dir / "paths" / f"{r.name}.xyz", ":")
+            futures[r.name] = (engine.submit(spec, [band[0], band[-1]]), validation.exists())
+        for name, (f, from_validation) in futures.items():
             res = f.result()
-            out[name] = {"reference_calls": res.energy_evaluations, "steps": res.steps, "converged": res.converged,
+            out[name] = {"endpoints": "validation (reference-relaxed)" if from_validation else "MLFF band",
+                         "reference_calls": res.energy_evaluations, "steps": res.steps, "converged": res.converged,
                          "fmax_eV_per_A": res.fmax_eV_per_A, "reference_barrier_eV": res.forward_barrier_eV}
     return out
 

@@ -209,6 +209,9 @@ class Block2Surface(MDBlock):
     """Block 2: MD of the clean slab and of the slab with the active site (vacancy)."""
 
     clean_slab: bool = Field(True, description="also run the slab without the vacancy")
+    label_slabs: bool = Field(
+        True, description="label the slabs themselves before the first MD (thesis Table A.1: iteration 0)"
+    )
 
 
 class Block3AdsorbateSeed(MDBlock):
@@ -295,6 +298,11 @@ class ValidationSpec(Strict):
     enabled: bool = False
     fmax_eV_per_A: float = Field(0.05, gt=0, description="thesis: 0.05 eV/Å for reference NEBs")
     max_steps: int = Field(50, ge=0, description="reference NEB steps allowed after step 0")
+    relax_endpoints: bool = Field(
+        True, description="relax the band's two ends on the reference first, so the reference barrier is "
+        "measured from reference minima (the MLFF minima are minima only to the model's force accuracy)",
+    )
+    endpoint_max_steps: int = Field(100, ge=1, description="BFGS steps for each endpoint relaxation")
 
 
 class Blocks(Strict):

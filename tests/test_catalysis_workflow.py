@@ -42,6 +42,10 @@ def _check_run(run_dir: Path, protocol: dict):
             v = summary["validation"][name]
             assert "reference_fmax_step0_eV_per_A" in v and "steps" in v
             assert v["reference_calls"] >= 2 + protocol["parameters"]["b6_neb"]["n_images"]
+            # the reference barrier is measured between reference-relaxed ends
+            assert v["endpoints_relaxed"] and len(v["endpoint_relaxation"]) == 2
+            assert v["reference_calls"] >= 2 + protocol["parameters"]["b6_neb"]["n_images"] + sum(
+                e["steps"] for e in v["endpoint_relaxation"])
 
     # the final MLFF band of each reaction, with both energies per image, for the user to inspect
     from ase.io import read
@@ -81,7 +85,7 @@ def _short_protocol(tmp_path: Path) -> tuple[Path, dict]:
                                   placements_per_snapshot=2, fps_per_intermediate=1)
     P["b5_geometry"].update(max_iterations=1, max_steps=60)
     P["b6_neb"].update(n_images=3, max_iterations=1, max_steps=60)
-    data["validation"] = {"enabled": True, "fmax_eV_per_A": 0.1, "max_steps": 2}
+    data["validation"] = {"enabled": True, "fmax_eV_per_A": 0.1, "max_steps": 2, "endpoint_max_steps": 5}
     path = tmp_path / "quick-short.yaml"
     path.write_text(yaml.safe_dump(data))
     return path, data

@@ -108,6 +108,11 @@ class Catalysis:
     def md_block(self, b: int, structures: list[Atoms], params):
         report = BlockReport(BLOCK_NAMES[b], criterion="max per-atom σ over full MD runs (eV) < σ_thr")
         md = self._md(params) | {"fixed_atoms": []}
+        if getattr(params, "label_slabs", False):
+            # the slabs as built: σ of a model that has seen only bulk can stay under σ_thr on a
+            # surface it has never been shown, and then the surface would never be labelled
+            self.campaign.label(structures, block=BLOCK_NAMES[b], iteration=0, reason="slab", report=report)
+            self.campaign.retrain(f"{BLOCK_NAMES[b]}-0")
         self.campaign.md_block(BLOCK_NAMES[b], structures, md, params.max_iterations, report=report)
         self._finish(report)
 
@@ -211,6 +216,8 @@ class Catalysis:
                     forces[iname] = float(np.linalg.norm(F[free], axis=1).max())
             worst = max(forces.values()) if forces else float("inf")
             report.iterations, report.criterion_value = iteration, worst
+            self.progress.log(f"{name} iteration {iteration}: reference max force on the MLFF minima "
+                              + ", ".join(f"{n} {v:.2f}" for n, v in sorted(forces.items())) + " eV/Å")
             report.history.append({"iteration": iteration, "max_ref_force_eV_per_A": forces,
                                    "breached": sorted(n for n, b in breached.items() if b)})
             if len(forces) == len(start) and not any(breached.values()) and worst < P5.fmax_criterion_eV_per_A:
@@ -320,30 +327,55 @@ class Catalysis:
                            "permutations_screened": len(perms[r.name]), "best_permutation": path["permutation"],
                            "mlff_energies_eV": e_ml.tolist(), "reference_energies_eV": e_ref.tolist()}
             self.barriers[r.name] = row[r.name]
+            self.progress.log(f"block 6 iteration {iteration}: {r.name} barrier MLFF {row[r.name]['mlff_barrier_eV']:.3f}"
+                              f" eV, reference {ref_barrier if ref_barrier is None else round(ref_barrier, 3)} eV,"
+                              f" max |ΔE| on the path {np.nanmax(np.abs(e_ml - e_ref)):.3f} eV")
         return errors, row
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> dict:
-        """Reference NEB started from the MLFF's final path of each reaction (thesis §3.4.1)."""
+        """Reference NEB started from the MLFF's final path of each reaction (thesis §3.4.1).
+
+        With `relax_endpoints` the band's two ends are first relaxed on the reference: a barrier is
+        measured from a minimum, and the MLFF minimum is one only to the model's force accuracy; a
+        reference band pinned to it can run downhill from its first image."""
         V = self.p.validation
-        out = {}
+        names = [r.name for r in self.p.reactions if r.name in self.paths]
+        bands = {n: list(self.paths[n]["images"]) for n in names}
+        relaxed: dict[str, list] = {n: [] for n in names}
+        if V.relax_endpoints:
+            self.progress.set_stage(f"validation: relaxing {2 * len(names)} reaction endpoints on the reference")
+            spec = OptimiseSpec(reference=self.p.reference, fmax_eV_per_A=V.fmax_eV_per_A,
+                                max_steps=V.endpoint_max_steps, fixed_atoms=self.fixed)
+            ends = {(n, k): self.engine.submit(spec, [bands[n][k]]) for n in names for k in (0, -1)}
+            wait(ends.values())
+            for (n, k), f in ends.items():
+                if f.exception() is None:
+                    bands[n][k] = f.result().final
+                    relaxed[n].append(f.result())
+                else:
+                    self.progress.log(f"validation: reference relaxation of a {n} endpoint failed: {f.exception()}")
         futures = {}
-        for r in self.p.reactions:
-            if r.name not in self.paths:
-                continue
+        for n in names:
             spec = self._neb_spec(reference=self.p.reference, fmax_eV_per_A=V.fmax_eV_per_A, max_steps=V.max_steps,
                                   climb=True)
-            futures[r.name] = self.engine.submit(spec, self.paths[r.name]["images"])
+            futures[n] = self.engine.submit(spec, bands[n])
         self.progress.set_stage(f"validation: reference NEBs for {len(futures)} reaction(s)")
         wait(futures.values())
+        out = {}
         for rname, f in futures.items():
             if f.exception() is not None:
                 out[rname] = {"error": str(f.exception())}
                 continue
             res = f.result()
+            ends_calls = sum(len(o.energies_eV) for o in relaxed[rname])
             out[rname] = {"reference_fmax_step0_eV_per_A": res.fmax_initial_eV_per_A, "steps": res.steps,
                           "converged": res.converged, "reference_barrier_eV": res.forward_barrier_eV,
-                          "reference_energies_eV": res.energies_eV, "reference_calls": res.energy_evaluations}
+                          "reference_energies_eV": res.energies_eV,
+                          "endpoints_relaxed": len(relaxed[rname]) == 2,
+                          "endpoint_relaxation": [{"steps": o.steps, "converged": o.converged,
+                                                   "fmax_eV_per_A": o.fmax_eV_per_A} for o in relaxed[rname]],
+                          "reference_calls": res.energy_evaluations + ends_calls}
             self._validation_images[rname] = res.images
         return out
 
