@@ -38,7 +38,8 @@ def direct_nebs(run_dir: Path, protocol) -> dict:
     P6, V = protocol.parameters.b6_neb, protocol.validation
     fixed = fixed_indices(build_system(protocol).site_slab)
     spec = NEBSpec(reference=protocol.reference, n_images=P6.n_images, interpolation=P6.interpolation,
-                   climb=P6.climb, method=P6.method, precon=P6.precon, spring_k_eV_per_A2=P6.spring_k_eV_per_A2,
+                   climb=P6.climb, method=P6.method, precon=P6.precon, optimizer=P6.optimizer,
+                   spring_k_eV_per_A2=P6.spring_k_eV_per_A2,
                    fmax_eV_per_A=V.fmax_eV_per_A,
                    max_steps=MAX_STEPS, fixed_atoms=fixed)
     site = validate("local", read_yaml(ROOT / "site-configs" / "local.yaml"), SiteConfig)

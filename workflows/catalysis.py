@@ -272,7 +272,8 @@ class Catalysis:
     def _neb_spec(self, model=None, reference=None, **kw) -> NEBSpec:
         P6 = self.P.b6_neb
         base = dict(n_images=P6.n_images, interpolation=P6.interpolation, climb=P6.climb, method=P6.method,
-                    precon=P6.precon, spring_k_eV_per_A2=P6.spring_k_eV_per_A2, fmax_eV_per_A=P6.mlff_fmax_eV_per_A,
+                    precon=P6.precon, optimizer=P6.optimizer,
+                    spring_k_eV_per_A2=P6.spring_k_eV_per_A2, fmax_eV_per_A=P6.mlff_fmax_eV_per_A,
                     max_steps=P6.max_steps, fixed_atoms=self.fixed, sigma_thr_eV=self.p.sigma_thr_eV)
         base.update(kw)
         if model is not None:
