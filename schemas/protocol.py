@@ -270,8 +270,8 @@ class Block6NEB(Strict):
         "spline", description="thesis: splines with the Exp preconditioner"
     )
     precon: Literal["Exp"] | None = "Exp"
-    optimizer: Literal["BFGS", "LBFGS", "FIRE"] = Field(
-        "BFGS", description="band optimiser when precon is null (thesis §3.4.4: BFGS for the DFT NEB)"
+    optimizer: Literal["FIRE", "BFGS", "LBFGS"] = Field(
+        "FIRE", description="band optimiser when precon is null"
     )
     spring_k_eV_per_A2: float = Field(0.1, gt=0)
     mlff_fmax_eV_per_A: float = Field(0.01, gt=0, description="thesis: 0.01 eV/Å with the MLFF")

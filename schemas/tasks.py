@@ -326,8 +326,8 @@ class NEBSpec(TaskBase):
     climb: bool = True
     method: Literal["aseneb", "improvedtangent", "eb", "spline", "string"] = "improvedtangent"
     precon: Literal["Exp"] | None = None
-    optimizer: Literal["BFGS", "LBFGS", "FIRE"] = Field(
-        "BFGS", description="band optimiser without precon (with precon: ASE's NEBOptimizer, ODE12r)"
+    optimizer: Literal["FIRE", "BFGS", "LBFGS"] = Field(
+        "FIRE", description="band optimiser without precon (with precon: ASE's NEBOptimizer, ODE12r)"
     )
     spring_k_eV_per_A2: float = Field(0.1, gt=0)
     fmax_eV_per_A: float = Field(0.01, gt=0, description="thesis: 0.01 eV/Å with the MLFF")

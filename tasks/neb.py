@@ -3,8 +3,8 @@
 IDPP initial path, a first relaxation without climbing image, then the climbing image ("after initial
 convergence we use the climbing image NEB"). With `precon="Exp"` the band uses ASE's preconditioned
 spline/string NEB (Makri, Ortner & Kermode 2019), relaxed with ASE's NEBOptimizer (adaptive ODE12r),
-the optimiser ASE documents for it; otherwise `optimizer` (BFGS by default: on the quickstart's
-heterolytic H2 band FIRE ran 463 steps into a 3.9 eV path where BFGS converged in 116 to 0.09 eV).
+the optimiser ASE documents for it; otherwise `optimizer` (FIRE by default; BFGS and LBFGS with a
+0.1 Å trust radius are there too, but neither was better over a whole quickstart run).
 """
 from __future__ import annotations
 
