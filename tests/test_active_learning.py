@@ -56,3 +56,16 @@ def test_md_block_labels_breaches_with_provenance_and_terminates(tmp_path):
     a = labels[-1].copy()
     a.calc = EMT()
     np.testing.assert_allclose(a.get_forces(), labels[-1].arrays["REF_forces"], atol=1e-8)
+
+
+def test_training_order_does_not_depend_on_completion_order():
+    import random
+
+    from ase import Atoms
+
+    from workflows.active_learning import canonical_order
+
+    labels = [Atoms("H", info={"task": f"{k:04x}"}) for k in range(20)]
+    shuffled = labels[:]
+    random.Random(3).shuffle(shuffled)
+    assert [a.info["task"] for a in canonical_order(shuffled)] == [a.info["task"] for a in labels]

@@ -31,6 +31,13 @@ def then(fut: Future, fn) -> Future:
     return out
 
 
+def canonical_order(configs: list) -> list:
+    """The training set in an order fixed by its content (the labelling task's key), not by which
+    reference call happened to finish first: the fit's input then depends only on what was labelled,
+    and an active-learning run amplifies any difference between two fits into different samples."""
+    return sorted(configs, key=lambda a: a.info["task"])
+
+
 @dataclass
 class BlockReport:
     """What summary.json says of one block."""
@@ -106,7 +113,7 @@ class Campaign:
     def retrain(self, name: str) -> ModelRef:
         """Fit the model to everything labelled so far (waits for labels in flight)."""
         self.wait_labels()
-        training = [a for a in self.store.training_set() if a.info["task"] in self.labelled]
+        training = canonical_order([a for a in self.store.training_set() if a.info["task"] in self.labelled])
         self.progress.set_stage(f"{name}: training on {len(training)} configurations")
         result = self.engine.run(TrainSpec(model=self.model_spec), training)
         kept = self.store.keep_model(result.model.paths, name)
