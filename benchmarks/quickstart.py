@@ -11,6 +11,7 @@ tasks came from a journal).
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import platform
 import subprocess
@@ -23,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_fresh() -> tuple[dict, float, Path]:
     run_dir = ROOT / "runs" / "quickstart-benchmark"
+    if run_dir.exists():  # a measurement from scratch: nothing answered from an earlier journal
+        shutil.rmtree(run_dir)
     t0 = time.time()
     p = subprocess.run([sys.executable, str(ROOT / "run.py"), "--site", "local-htex", "--run-dir", str(run_dir),
                         "--force-new", "--no-live", str(ROOT / "examples" / "quickstart.yaml")],

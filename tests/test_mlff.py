@@ -116,7 +116,8 @@ def test_mace_committee_sigma_matches_members(tiny_mace_fit):
 
 
 def test_gap_model_loads_from_any_working_directory(tiny_gap_model, tmp_path, monkeypatch):
-    """The model is one self-contained xml: loading it elsewhere (an MD task's workdir) works."""
+    """The xml names its sparse-point files relative to itself; loading it from another working
+    directory (an MD task's workdir) still finds them."""
     monkeypatch.chdir(tmp_path)
     sigma = sigma_per_atom(load_mlff(tiny_gap_model), _cu_bulk())
     assert sigma.shape == (32,) and np.all(np.isfinite(sigma))
