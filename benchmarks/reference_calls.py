@@ -71,6 +71,12 @@ def main():
     validation_calls = sum(v.get("reference_calls", 0) for v in summary.get("validation", {}).values())
     direct_calls = sum(d["reference_calls"] for d in direct.values())
     errors = [b["abs_error_eV"] for b in summary["barriers"] if b["abs_error_eV"] is not None]
+    # the converged direct NEB is a second reference barrier (the validation's NEB may stop unconverged)
+    mlff = {b["reaction"]: b["mlff_barrier_eV"] for b in summary["barriers"]}
+    for name, d in direct.items():
+        d["mlff_barrier_eV"] = mlff.get(name)
+        d["abs_error_eV"] = abs(mlff[name] - d["reference_barrier_eV"]) if mlff.get(name) is not None else None
+    direct_errors = [d["abs_error_eV"] for d in direct.values() if d["abs_error_eV"] is not None]
     out = {
         "command": "python benchmarks/reference_calls.py",
         "run_dir": str(run_dir),
@@ -84,6 +90,7 @@ def main():
         if protocol_calls + validation_calls else None,
         "all_direct_nebs_converged": all(d["converged"] for d in direct.values()),
         "max_abs_barrier_error_eV": max(errors) if errors else None,
+        "max_abs_barrier_error_vs_direct_neb_eV": max(direct_errors) if direct_errors else None,
         "barriers": summary["barriers"],
         "direct_neb": direct,
     }
