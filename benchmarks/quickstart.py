@@ -3,7 +3,7 @@
     python benchmarks/quickstart.py [--from-run DIR]  ->  benchmarks/results/quickstart.json
 
 Runs `run.py --site local-htex examples/quickstart.yaml` afresh in runs/quickstart-benchmark (what
-`make demo` does; an earlier benchmark run there is moved aside) and collects the figures the README
+`make demo` does; an earlier benchmark run there is deleted first) and collects the figures the README
 quotes from its summary.json; the run directory stays for benchmarks/reference_calls.py. With
 --from-run, summarises a run directory that command already made (its own wall time and how many
 tasks came from a journal).

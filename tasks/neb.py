@@ -15,7 +15,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.mep import NEB
 from ase.mep.neb import NEBOptimizer
-from ase.optimize import BFGS, FIRE, LBFGS
+from ase.optimize import FIRE
 from ase.optimize.precon import PreconImages
 
 from schemas.results import NEBResult
@@ -24,6 +24,7 @@ from schemas.tasks import NEBSpec
 from .context import TaskContext
 from .errors import UnphysicalResult
 from .md import apply_fixed_atoms, plain_atoms
+from .optimise import OPTIMIZERS
 from .mlff import load_mlff
 
 
@@ -115,7 +116,7 @@ def _optimiser(neb: NEB, spec: NEBSpec):
         return FIRE(neb, logfile=None)
     # a band is many loosely coupled images: a 0.1 Å trust radius keeps a quasi-Newton step from
     # throwing an image across the surface while the Hessian estimate is still poor
-    return {"BFGS": BFGS, "LBFGS": LBFGS}[spec.optimizer](neb, logfile=None, maxstep=0.1)
+    return OPTIMIZERS[spec.optimizer](neb, logfile=None, maxstep=0.1)
 
 
 def band_fmax(neb: NEB, opt) -> float:

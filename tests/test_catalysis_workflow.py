@@ -65,7 +65,7 @@ def _check_run(run_dir: Path, protocol: dict):
     assert len(rows) == summary["training_set_size"]
     reasons = {r.reason for r in rows}
     assert {"isolated atom", "bulk", "rattled + deformed bulk", "dimer", "placement",
-            "approximate intermediate", "interpolated image", "NEB image"} <= reasons
+            "approximate intermediate", "interpolated image", "NEB image", "slab"} <= reasons
     assert all(r.block and r.iteration >= 0 and r.task for r in rows)
     assert {r.energy_weight for r in rows if r.reason == "dimer"} == {0.2}
 

@@ -105,13 +105,12 @@ class Catalysis:
         self._finish(report)
 
     # ------------------------------------------------------------------ blocks 1-2 (and 4)
-    def md_block(self, b: int, structures: list[Atoms], params):
+    def md_block(self, b: int, structures: list[Atoms], params, label_first: str | None = None):
+        """With `label_first` (the label's reason), the structures themselves are labelled before any MD."""
         report = BlockReport(BLOCK_NAMES[b], criterion="max per-atom σ over full MD runs (eV) < σ_thr")
         md = self._md(params) | {"fixed_atoms": []}
-        if getattr(params, "label_slabs", False):
-            # the slabs as built: σ of a model that has seen only bulk can stay under σ_thr on a
-            # surface it has never been shown, and then the surface would never be labelled
-            self.campaign.label(structures, block=BLOCK_NAMES[b], iteration=0, reason="slab", report=report)
+        if label_first:
+            self.campaign.label(structures, block=BLOCK_NAMES[b], iteration=0, reason=label_first, report=report)
             self.campaign.retrain(f"{BLOCK_NAMES[b]}-0")
         self.campaign.md_block(BLOCK_NAMES[b], structures, md, params.max_iterations, report=report)
         self._finish(report)
@@ -390,7 +389,10 @@ class Catalysis:
         if 1 in blocks:
             self.md_block(1, [self.system.bulk], self.P.b1_bulk)
         if 2 in blocks:
-            self.md_block(2, self._surface_structures(), self.P.b2_surface)
+            # the slabs as built: σ of a model that has seen only bulk can stay under σ_thr on a
+            # surface it has never been shown, and then the surface would never be labelled
+            self.md_block(2, self._surface_structures(), self.P.b2_surface,
+                          label_first="slab" if self.P.b2_surface.label_slabs else None)
         if 3 in blocks:
             self.block3()
         if 4 in blocks:
