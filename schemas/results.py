@@ -60,6 +60,7 @@ class NEBResult(Strict):
     )
     sigma_per_image_eV: list[float] = Field(default_factory=list, description="largest per-atom σ of each image")
     climbing_image: int | None = Field(None, description="index of the climbing (highest interior) image")
+    climbing_steps: int = Field(0, description="optimiser steps taken with the climbing image on")
     fmax_initial_eV_per_A: float | None = Field(None, description="largest NEB force on the starting band (step 0)")
     energy_evaluations: int = Field(0, description="energy + force calculations on all images, endpoints included "
                                                    "(with a reference: the reference calls this NEB cost)")

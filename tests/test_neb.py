@@ -91,6 +91,16 @@ def test_a_given_band_is_used_as_the_start(tiny_gap_model, ci_neb, tmp_path):
     np.testing.assert_allclose(result.energies_eV, reference.energies_eV, atol=1e-3)
 
 
+def test_climbing_image_gets_half_the_steps_of_a_band_that_does_not_converge(tiny_gap_model, endpoints, tmp_path):
+    """An unreachable fmax: the first stage (no climbing) stops at half the budget and the climbing
+    image runs for the rest, so an unconverged band still ends with its top image climbing."""
+    spec = NEBSpec(model=tiny_gap_model, n_images=3, fmax_eV_per_A=1e-6, climb_start_fmax_eV_per_A=1e-6,
+                   max_steps=8, fixed_atoms=BOTTOM)
+    result = neb.run(spec, endpoints, TaskContext(workdir=tmp_path))
+    assert not result.converged
+    assert result.steps == 8 and result.climbing_steps == 4
+
+
 def test_linear_interpolation_without_climb(tiny_gap_model, endpoints, tmp_path):
     spec = NEBSpec(
         model=tiny_gap_model, n_images=1, interpolation="linear", climb=False, fmax_eV_per_A=0.05,
