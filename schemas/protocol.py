@@ -283,6 +283,11 @@ class Block6NEB(Strict):
         6, ge=1, description="permutations kept by the geometric pre-filter when over the limit"
     )
     energy_criterion_eV: float = Field(0.05, gt=0, description="|E_MLFF − E_ref| on every sampled image")
+    label_endpoints: bool = Field(
+        False, description="also label the band's two ends every iteration (MLFF minima, re-relaxed with each "
+        "model); thesis Table A.1 counts the interior images only (292 labels ≈ 6 iterations × 5 reactions × 10). "
+        "Without them the per-iteration reference barrier is not known; the validation gives it"
+    )
     max_iterations: int = Field(20, ge=1)
 
     @model_validator(mode="after")

@@ -68,6 +68,11 @@ def _check_run(run_dir: Path, protocol: dict):
             "approximate intermediate", "interpolated image", "NEB image", "slab"} <= reasons
     assert all(r.block and r.iteration >= 0 and r.task for r in rows)
     assert {r.energy_weight for r in rows if r.reason == "dimer"} == {0.2}
+    # block 6 labels the interior images of each reaction's lowest path (thesis Table A.1), not its ends
+    P6 = protocol["parameters"]["b6_neb"]
+    if not P6.get("label_endpoints", False):
+        neb_labels = [r for r in rows if r.reason == "NEB image"]
+        assert 0 < len(neb_labels) <= P6["n_images"] * len(protocol["reactions"]) * blocks["neb"]["iterations"]
 
     report = run_dir / "report"
     assert (report / "index.html").exists()

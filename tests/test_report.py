@@ -102,6 +102,12 @@ def test_report_from_run_objects(tmp_path, emt_cu_training_set, tiny_gap_model):
     assert report.breach_traces(summary)[0]["highlight"][0] == 2  # the breaching atom first
     assert report.barrier_rows(history)["r"][1]["mlff_barrier_eV"] == 0.72
     assert report.profile_rows(history, {})["r"]["reference_eV"] == [0, 0.71, 0.1]
+    # block 6 labels the interior images only: the profile's reference is then the validation NEB
+    interior = [{"iteration": 3, "r": {"mlff_barrier_eV": 0.7, "reference_barrier_eV": None,
+                                       "mlff_energies_eV": [0, 0.7, 0.1], "reference_energies_eV": [None, 0.69, None]}}]
+    validation = {"r": {"reference_energies_eV": [0, 0.68, 0.12]}}
+    assert report.profile_rows(interior, {}, validation)["r"]["reference_eV"] == [0, 0.68, 0.12]
+    assert report.profile_rows(interior, {})["r"]["reference_eV"] is None
     par = report.parity_rows(labelled, tiny_gap_model)
     # the GAP was fitted to these labels: energies agree to a few meV/atom
     err = np.abs(np.subtract(par["reference_energy_eV_per_atom"], par["mlff_energy_eV_per_atom"]))

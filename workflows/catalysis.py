@@ -306,7 +306,8 @@ class Catalysis:
                 k, best = min(ok, key=lambda kr: max(kr[1].energies_eV))  # lowest-energy path
                 self.paths[r.name] = {"images": best.images, "energies_eV": best.energies_eV, "permutation": k,
                                       "barriers_eV": [res.forward_barrier_eV for _, res in ok]}
-                label_futures[r.name] = self.campaign.label(best.images, block=BLOCK_NAMES[6], iteration=iteration,
+                sampled = best.images if self.P.b6_neb.label_endpoints else best.images[1:-1]
+                label_futures[r.name] = self.campaign.label(sampled, block=BLOCK_NAMES[6], iteration=iteration,
                                                             reason="NEB image", report=report)
 
             all_futures += [then(f, done) for f in futs]
@@ -318,18 +319,23 @@ class Catalysis:
             wait(label_futures[r.name])
             path = self.paths[r.name]
             e_ml = np.asarray(path["energies_eV"])
-            e_ref = np.array([f.result().energy_eV if f.exception() is None else np.nan
-                              for f in label_futures[r.name]])
+            # reference energies of the labelled images; NaN where unlabelled (the ends, by default) or failed
+            e_ref = np.full(len(e_ml), np.nan)
+            first = 0 if self.P.b6_neb.label_endpoints else 1
+            e_ref[first:first + len(label_futures[r.name])] = [
+                f.result().energy_eV if f.exception() is None else np.nan for f in label_futures[r.name]]
             finite = np.isfinite(e_ref)
             errors += list(np.abs(e_ml - e_ref)[finite])
             ref_barrier = float(np.nanmax(e_ref) - e_ref[0]) if finite.all() else None
             row[r.name] = {"mlff_barrier_eV": float(e_ml.max() - e_ml[0]), "reference_barrier_eV": ref_barrier,
                            "permutations_screened": len(perms[r.name]), "best_permutation": path["permutation"],
-                           "mlff_energies_eV": e_ml.tolist(), "reference_energies_eV": e_ref.tolist()}
+                           "mlff_energies_eV": e_ml.tolist(),
+                           "reference_energies_eV": [float(e) if ok else None for e, ok in zip(e_ref, finite)]}
             self.barriers[r.name] = row[r.name]
             self.progress.log(f"block 6 iteration {iteration}: {r.name} barrier MLFF {row[r.name]['mlff_barrier_eV']:.3f}"
                               f" eV, reference {ref_barrier if ref_barrier is None else round(ref_barrier, 3)} eV,"
-                              f" max |ΔE| on the path {np.nanmax(np.abs(e_ml - e_ref)):.3f} eV")
+                              f" max |ΔE| on the labelled images "
+                              f"{np.abs(e_ml - e_ref)[finite].max() if finite.any() else float('nan'):.3f} eV")
         return errors, row
 
     # ------------------------------------------------------------------ validation
@@ -430,7 +436,8 @@ class Catalysis:
             for k, image in enumerate(images):
                 a = image.copy()
                 a.calc = None
-                a.info.update({key: values[k] for key, values in info.items() if values is not None})
+                a.info.update({key: values[k] for key, values in info.items()
+                               if values is not None and values[k] is not None})
                 frames.append(a)
             self.store.write_xyz(f"paths/{name}", frames)
 

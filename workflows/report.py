@@ -238,13 +238,18 @@ def barrier_rows(neb_history: Sequence[Mapping]) -> dict[str, list[dict]]:
     return hist
 
 
-def profile_rows(neb_history: Sequence[Mapping], paths: Mapping) -> dict[str, dict]:
+def profile_rows(neb_history: Sequence[Mapping], paths: Mapping, validation: Mapping | None = None) -> dict[str, dict]:
+    """The last MLFF band of each reaction; its reference energies where every image was labelled, else
+    the validation's reference NEB started from that band (block 6 labels the interior images only)."""
     out: dict[str, dict] = {}
     for row in neb_history:
         for name, v in row.items():
             if isinstance(v, Mapping) and "mlff_energies_eV" in v:
                 ref = v.get("reference_energies_eV")
                 ok = ref is not None and np.all(np.isfinite(np.asarray(ref, dtype=float)))
+                if not ok:
+                    ref = (validation or {}).get(name, {}).get("reference_energies_eV")
+                    ok = ref is not None and len(ref) == len(v["mlff_energies_eV"])
                 out[name] = {"mlff_eV": v["mlff_energies_eV"], "reference_eV": ref if ok else None}
     for name, p in paths.items():
         if name not in out and isinstance(p, Mapping) and "energies_eV" in p:
@@ -344,7 +349,7 @@ def write_report(
     if barrier_iterations is None and neb_history:
         barrier_iterations = barrier_rows(neb_history)
     if profiles is None and (neb_history or paths):
-        profiles = profile_rows(neb_history or [], paths or {})
+        profiles = profile_rows(neb_history or [], paths or {}, summary.get("validation"))
     if parity_data is None and training_set and model is not None:
         parity_data = parity_rows(training_set, model)
     outdir = Path(outdir)
