@@ -138,11 +138,11 @@ def _attach_calculators(spec: NEBSpec, images: list[Atoms], ctx: TaskContext) ->
         return
     from dataclasses import replace
 
-    from .references import make_calculator
+    from .references import SCFFallbackCalculator
 
     for k, image in enumerate(images):
         image_ctx = replace(ctx, workdir=Path(ctx.workdir) / f"image{k:02d}")
-        image.calc = make_calculator(spec.reference, image, image_ctx)
+        image.calc = SCFFallbackCalculator(spec.reference, image, image_ctx)
 
 
 def count_calculations(images: list[Atoms]) -> list[int]:
@@ -223,5 +223,6 @@ def run(spec: NEBSpec, structures: list[Atoms], ctx: TaskContext) -> NEBResult:
         climbing_image=top if spec.climb else None,
         climbing_steps=climbing_steps,
         fmax_initial_eV_per_A=fmax_initial,
-        energy_evaluations=evaluations[0],
+        # a calculation redone with the SCF fallback settings is a second reference call
+        energy_evaluations=evaluations[0] + sum(getattr(a.calc, "fallback_calls", 0) for a in images),
     )

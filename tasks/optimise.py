@@ -32,9 +32,9 @@ def run(spec: OptimiseSpec, structures: list[Atoms], ctx: TaskContext) -> Optimi
     if spec.model is not None:
         atoms.calc = load_mlff(spec.model, ctx.device)
     else:
-        from .references import make_calculator
+        from .references import SCFFallbackCalculator
 
-        atoms.calc = make_calculator(spec.reference, atoms, ctx)
+        atoms.calc = SCFFallbackCalculator(spec.reference, atoms, ctx)
 
     energies: list[float] = []
     sigmas: list[float] = []

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import kptdensity2monkhorstpack
+from ase.calculators.calculator import Calculator, all_changes, kptdensity2monkhorstpack
 from ase.calculators.castep import Castep
 from ase.calculators.espresso import Espresso, EspressoProfile
 from ase.units import Ry, kB
@@ -100,6 +100,47 @@ def make_calculator(reference, atoms: Atoms, ctx: TaskContext, fallback: bool = 
     if isinstance(reference, CastepReference):
         return _castep(reference, atoms, ctx, fallback, timeout_s)
     raise TypeError(f"unknown reference spec {type(reference).__name__}")
+
+
+class SCFFallbackCalculator(Calculator):
+    """The reference calculator of a multi-step reference task (NEB, optimisation): a calculation whose
+    SCF does not converge is redone once with the spec's SCFFallback settings, as the engine does for a
+    single point. Otherwise one image's SCF would end a whole reference NEB (a direct GFN2-xTB NEB of
+    the quickstart stopped that way). `fallback_calls` counts the redone calculations."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, reference, atoms: Atoms, ctx: TaskContext):
+        super().__init__()
+        self.reference, self.ctx = reference, ctx
+        self.primary = make_calculator(reference, atoms, ctx)
+        self.secondary = None
+        self.fallback_calls = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        try:
+            self.results = _evaluate(self.primary, self.atoms, properties)
+        except Exception as exc:
+            from .errors import SCFNotConverged
+            from .singlepoint import _classify
+
+            if not isinstance(_classify(self.reference, Path(self.ctx.workdir), exc), SCFNotConverged):
+                raise
+            if self.secondary is None:
+                self.secondary = make_calculator(self.reference, self.atoms, self.ctx, fallback=True)
+            self.fallback_calls += 1
+            self.results = _evaluate(self.secondary, self.atoms, properties)
+
+
+def _evaluate(calc, atoms: Atoms, properties) -> dict:
+    a = atoms.copy()
+    a.calc = calc
+    energy = a.get_potential_energy()
+    out = {"energy": energy, "free_energy": energy, "forces": a.get_forces()}
+    if "stress" in properties:
+        out["stress"] = a.get_stress()
+    return out
 
 
 def reference_label(reference) -> str:

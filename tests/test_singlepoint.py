@@ -107,6 +107,25 @@ def test_xtb_scf_non_convergence_then_fallback(tmp_path):
     assert res.energy_eV == pytest.approx(-137.97, abs=0.05)
 
 
+def test_reference_optimisation_redoes_an_unconverged_scf_with_the_fallback(tmp_path):
+    """Multi-step reference tasks (optimisation, NEB) redo a calculation whose SCF did not converge with
+    the fallback settings instead of failing the whole task."""
+    from schemas.tasks import OptimiseSpec
+    from tasks import optimise
+    from tasks.references import SCFFallbackCalculator
+
+    ref = XTBReference(max_iterations=2, fallback=SCFFallback(mixing_beta=0.4, max_scf_steps=250))
+    water = molecule("H2O")
+    water.positions[0] += [0.0, 0.0, 0.05]
+    calc = SCFFallbackCalculator(ref, water, _ctx(tmp_path))
+    water.calc = calc
+    assert water.get_potential_energy() == pytest.approx(-137.97, abs=0.1)
+    assert calc.fallback_calls == 1
+    res = optimise.run(OptimiseSpec(reference=ref, fmax_eV_per_A=0.05, max_steps=50), [molecule("H2O")],
+                       _ctx(tmp_path))
+    assert res.converged
+
+
 # ---------------------------------------------------------------------------- EMT and unphysical results
 
 
