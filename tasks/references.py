@@ -130,7 +130,10 @@ class SCFFallbackCalculator(Calculator):
             if self.secondary is None:
                 self.secondary = make_calculator(self.reference, self.atoms, self.ctx, fallback=True)
             self.fallback_calls += 1
-            self.results = _evaluate(self.secondary, self.atoms, properties)
+            try:
+                self.results = _evaluate(self.secondary, self.atoms, properties)
+            except Exception as again:  # classified, so the engine records an `scf` failure (final)
+                raise _classify(self.reference, Path(self.ctx.workdir), again) from again
 
 
 def _evaluate(calc, atoms: Atoms, properties) -> dict:
