@@ -65,9 +65,15 @@ def direct_nebs(run_dir: Path, protocol) -> dict:
                     "fallback": ref.fallback.model_copy(update={"smearing_width_eV": SMEARING_RESCUE_EV})})})
                 band = read(run_dir / "paths" / f"{name}.validation.xyz" if from_validation
                             else run_dir / "paths" / f"{name}.xyz", ":")
-                res = engine.submit(rescue, [band[0], band[-1]]).result()
                 note = {"first_attempt": f"failed, calls not counted: {exc}",
                         "fallback_smearing_eV": SMEARING_RESCUE_EV}
+                try:
+                    res = engine.submit(rescue, [band[0], band[-1]]).result()
+                except TaskFailed as again:  # the direct route cannot be run with this reference
+                    out[name] = {"endpoints": "validation (reference-relaxed)" if from_validation else "MLFF band",
+                                 "reference_calls": None, "converged": False, "reference_barrier_eV": None,
+                                 "error": str(again), **note}
+                    continue
             out[name] = {"endpoints": "validation (reference-relaxed)" if from_validation else "MLFF band",
                          "reference_calls": res.energy_evaluations, "steps": res.steps, "converged": res.converged,
                          "fmax_eV_per_A": res.fmax_eV_per_A, "reference_barrier_eV": res.forward_barrier_eV, **note}
@@ -85,13 +91,15 @@ def main():
     direct = direct_nebs(run_dir, protocol)
     protocol_calls = summary["reference_calls"]  # every labelling single point of blocks 0-6
     validation_calls = sum(v.get("reference_calls", 0) for v in summary.get("validation", {}).values())
-    direct_calls = sum(d["reference_calls"] for d in direct.values())
+    complete = all(d["reference_calls"] is not None for d in direct.values())
+    direct_calls = sum(d["reference_calls"] for d in direct.values()) if complete else None
     errors = [b["abs_error_eV"] for b in summary["barriers"] if b["abs_error_eV"] is not None]
     # the converged direct NEB is a second reference barrier (the validation's NEB may stop unconverged)
     mlff = {b["reaction"]: b["mlff_barrier_eV"] for b in summary["barriers"]}
     for name, d in direct.items():
         d["mlff_barrier_eV"] = mlff.get(name)
-        d["abs_error_eV"] = abs(mlff[name] - d["reference_barrier_eV"]) if mlff.get(name) is not None else None
+        d["abs_error_eV"] = (abs(mlff[name] - d["reference_barrier_eV"])
+                             if mlff.get(name) is not None and d["reference_barrier_eV"] is not None else None)
     direct_errors = [d["abs_error_eV"] for d in direct.values() if d["abs_error_eV"] is not None]
     out = {
         "command": "python benchmarks/reference_calls.py",
@@ -101,9 +109,10 @@ def main():
         "protocol_reference_calls": protocol_calls,
         "validation_reference_calls": validation_calls,
         "direct_neb_reference_calls": direct_calls,
-        "ratio": round(direct_calls / protocol_calls, 2) if protocol_calls else None,
+        # null when a direct NEB could not be completed: there is no direct count to compare with
+        "ratio": round(direct_calls / protocol_calls, 2) if protocol_calls and complete else None,
         "ratio_with_validation": round(direct_calls / (protocol_calls + validation_calls), 2)
-        if protocol_calls + validation_calls else None,
+        if protocol_calls + validation_calls and complete else None,
         "all_direct_nebs_converged": all(d["converged"] for d in direct.values()),
         "max_abs_barrier_error_eV": max(errors) if errors else None,
         "max_abs_barrier_error_vs_direct_neb_eV": max(direct_errors) if direct_errors else None,
