@@ -140,7 +140,7 @@ def _evaluate(calc, atoms: Atoms, properties) -> dict:
     a = atoms.copy()
     a.calc = calc
     energy = a.get_potential_energy()
-    out = {"energy": energy, "free_energy": energy, "forces": a.get_forces()}
+    out = {"energy": energy, "free_energy": energy, "forces": a.get_forces(apply_constraint=False)}
     if "stress" in properties:
         out["stress"] = a.get_stress()
     return out
