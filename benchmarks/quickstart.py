@@ -11,9 +11,9 @@ tasks came from a journal).
 from __future__ import annotations
 
 import json
-import shutil
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time

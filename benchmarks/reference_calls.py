@@ -50,9 +50,11 @@ def direct_nebs(run_dir: Path, protocol) -> dict:
         for r in protocol.reactions:
             validation = run_dir / "paths" / f"{r.name}.validation.xyz"
             band = read(validation if validation.exists() else run_dir / "paths" / f"{r.name}.xyz", ":")
-            futures[r.name] = (engine.submit(spec, [band[0], band[-1]]), validation.exists())
-        for name, (f, from_validation) in futures.items():
-            note = {}
+            ends = [band[0], band[-1]]
+            source = "validation (reference-relaxed)" if validation.exists() else "MLFF band"
+            futures[r.name] = (engine.submit(spec, ends), ends, source)
+        for name, (f, ends, source) in futures.items():
+            out[name] = {"endpoints": source}
             try:
                 res = f.result()
             except TaskFailed as exc:
@@ -63,20 +65,16 @@ def direct_nebs(run_dir: Path, protocol) -> dict:
                 ref = protocol.reference
                 rescue = spec.model_copy(update={"reference": ref.model_copy(update={
                     "fallback": ref.fallback.model_copy(update={"smearing_width_eV": SMEARING_RESCUE_EV})})})
-                band = read(run_dir / "paths" / f"{name}.validation.xyz" if from_validation
-                            else run_dir / "paths" / f"{name}.xyz", ":")
-                note = {"first_attempt": f"failed, calls not counted: {exc}",
-                        "fallback_smearing_eV": SMEARING_RESCUE_EV}
+                out[name].update(first_attempt=f"failed, calls not counted: {exc}",
+                                 fallback_smearing_eV=SMEARING_RESCUE_EV)
                 try:
-                    res = engine.submit(rescue, [band[0], band[-1]]).result()
+                    res = engine.submit(rescue, ends).result()
                 except TaskFailed as again:  # the direct route cannot be run with this reference
-                    out[name] = {"endpoints": "validation (reference-relaxed)" if from_validation else "MLFF band",
-                                 "reference_calls": None, "converged": False, "reference_barrier_eV": None,
-                                 "error": str(again), **note}
+                    out[name].update(reference_calls=None, converged=False, reference_barrier_eV=None,
+                                     error=str(again))
                     continue
-            out[name] = {"endpoints": "validation (reference-relaxed)" if from_validation else "MLFF band",
-                         "reference_calls": res.energy_evaluations, "steps": res.steps, "converged": res.converged,
-                         "fmax_eV_per_A": res.fmax_eV_per_A, "reference_barrier_eV": res.forward_barrier_eV, **note}
+            out[name].update(reference_calls=res.energy_evaluations, steps=res.steps, converged=res.converged,
+                             fmax_eV_per_A=res.fmax_eV_per_A, reference_barrier_eV=res.forward_barrier_eV)
     return out
 
 

@@ -325,7 +325,8 @@ class Catalysis:
             e_ref[first:first + len(label_futures[r.name])] = [
                 f.result().energy_eV if f.exception() is None else np.nan for f in label_futures[r.name]]
             finite = np.isfinite(e_ref)
-            errors += list(np.abs(e_ml - e_ref)[finite])
+            deviations = np.abs(e_ml - e_ref)[finite]
+            errors += list(deviations)
             ref_barrier = float(np.nanmax(e_ref) - e_ref[0]) if finite.all() else None
             row[r.name] = {"mlff_barrier_eV": float(e_ml.max() - e_ml[0]), "reference_barrier_eV": ref_barrier,
                            "permutations_screened": len(perms[r.name]), "best_permutation": path["permutation"],
@@ -335,7 +336,7 @@ class Catalysis:
             self.progress.log(f"block 6 iteration {iteration}: {r.name} barrier MLFF {row[r.name]['mlff_barrier_eV']:.3f}"
                               f" eV, reference {ref_barrier if ref_barrier is None else round(ref_barrier, 3)} eV,"
                               f" max |ΔE| on the labelled images "
-                              f"{np.abs(e_ml - e_ref)[finite].max() if finite.any() else float('nan'):.3f} eV")
+                              f"{deviations.max() if deviations.size else float('nan'):.3f} eV")
         return errors, row
 
     # ------------------------------------------------------------------ validation
