@@ -106,32 +106,35 @@ class SCFFallbackCalculator(Calculator):
     """The reference calculator of a multi-step reference task (NEB, optimisation): a calculation whose
     SCF does not converge is redone once with the spec's SCFFallback settings, as the engine does for a
     single point. Otherwise one image's SCF would end a whole reference NEB (a direct GFN2-xTB NEB of
-    the quickstart stopped that way). `fallback_calls` counts the redone calculations."""
+    the quickstart stopped that way). `fallback_calls` counts the redone calculations.
+
+    Every calculation starts from the code's own initial guess, as a labelling single point does, so an
+    energy depends on the geometry alone. tblite otherwise restarts from the previous call's charges:
+    along a direct GFN2-xTB NEB of the quickstart, an image whose fresh SCF does not converge was
+    "converged" from that restart onto a spurious solution, and the following restarts walked it to
+    20 eV below the fresh energy, where the band followed."""
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(self, reference, atoms: Atoms, ctx: TaskContext):
         super().__init__()
         self.reference, self.ctx = reference, ctx
-        self.primary = make_calculator(reference, atoms, ctx)
-        self.secondary = None
         self.fallback_calls = 0
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         try:
-            self.results = _evaluate(self.primary, self.atoms, properties)
+            self.results = _evaluate(make_calculator(self.reference, self.atoms, self.ctx), self.atoms, properties)
         except Exception as exc:
             from .errors import SCFNotConverged
             from .singlepoint import _classify
 
             if not isinstance(_classify(self.reference, Path(self.ctx.workdir), exc), SCFNotConverged):
                 raise
-            if self.secondary is None:
-                self.secondary = make_calculator(self.reference, self.atoms, self.ctx, fallback=True)
             self.fallback_calls += 1
             try:
-                self.results = _evaluate(self.secondary, self.atoms, properties)
+                fallback = make_calculator(self.reference, self.atoms, self.ctx, fallback=True)
+                self.results = _evaluate(fallback, self.atoms, properties)
             except Exception as again:  # classified, so the engine records an `scf` failure (final)
                 raise _classify(self.reference, Path(self.ctx.workdir), again) from again
 

@@ -126,6 +126,27 @@ def test_reference_optimisation_redoes_an_unconverged_scf_with_the_fallback(tmp_
     assert res.converged
 
 
+
+def test_reference_task_energies_do_not_depend_on_the_previous_geometry(tmp_path):
+    """Each calculation of a multi-step reference task starts from the code's initial guess: the same
+    geometry gives the same numbers whatever was calculated before (tblite would restart from the last
+    charges; along a quickstart NEB that restart ended 20 eV below the fresh energy)."""
+    from tasks.references import SCFFallbackCalculator
+
+    ref = XTBReference()
+    stretched, water = molecule("H2O"), molecule("H2O")
+    stretched.positions[1] *= 1.3
+    calc = SCFFallbackCalculator(ref, stretched, _ctx(tmp_path))
+    stretched.calc = calc
+    stretched.get_potential_energy()
+    water.calc = calc
+    after = (water.get_potential_energy(), water.get_forces())
+    fresh = molecule("H2O")
+    fresh.calc = SCFFallbackCalculator(ref, fresh, _ctx(tmp_path))
+    assert after[0] == fresh.get_potential_energy()
+    assert (after[1] == fresh.get_forces()).all()
+
+
 # ---------------------------------------------------------------------------- EMT and unphysical results
 
 
