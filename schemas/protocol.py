@@ -356,7 +356,8 @@ class Protocol(Strict):
     blocks: list[int] = Field(default_factory=lambda: list(range(7)), description="blocks to run, 0-6")
     parameters: Blocks = Blocks()
     validation: ValidationSpec = ValidationSpec()
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="random seed of the rattled cells, placements and every MD "
+                      "thermostat: runs with different seeds are independent repeats")
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from ase.build import bulk
 
 from schemas.loading import read_yaml, validate
 from schemas.site import SiteConfig
 from schemas.tasks import EMTReference, GAPModelSpec, SOAPDescriptor
-from workflows.active_learning import Campaign
+from workflows.active_learning import BlockReport, Campaign
 from workflows.engine import Engine
 from workflows.progress import Progress
 from workflows.store import Store
@@ -69,3 +70,54 @@ def test_training_order_does_not_depend_on_completion_order():
     shuffled = labels[:]
     random.Random(3).shuffle(shuffled)
     assert [a.info["task"] for a in canonical_order(shuffled)] == [a.info["task"] for a in labels]
+
+
+class _Retrain(Exception):
+    pass
+
+
+class _RecordingEngine:
+    """Answers every MD submission with a failed future and keeps its spec (the seeds are the test);
+    stops the block at its first retraining."""
+
+    reference_calls = 0
+
+    def __init__(self):
+        self.specs = []
+
+    def stats(self):
+        return {}
+
+    def submit(self, spec, structures):
+        from concurrent.futures import Future
+
+        self.specs.append(spec)
+        f = Future()
+        f.set_exception(RuntimeError("not run"))
+        return f
+
+    def run(self, spec, structures):
+        raise _Retrain
+
+
+def _md_seeds(tmp_path, seed: int) -> list[int]:
+    from ase import Atoms
+
+    from schemas.tasks import ModelRef
+
+    engine = _RecordingEngine()
+    store = Store(tmp_path / str(seed))
+    campaign = Campaign(engine, store, Progress(engine, "test", live=False), EMTReference(), SMALL_GAP, seed=seed)
+    campaign.model = ModelRef(model="gap", paths=["gap.xml"], sha256="0" * 64)
+    md = {"steps": 10, "temperature_K": 300.0, "timestep_fs": 1.0, "sigma_thr_eV": 0.05}
+    report = BlockReport("bulk", criterion="σ")
+    with pytest.raises(_Retrain):  # failed runs never terminate a block: it goes on to retrain
+        campaign.md_block("bulk", [Atoms("Cu")] * 3, md, max_iterations=2, report=report)
+    assert report.iterations == 1 and not report.termination_met
+    return [s.seed for s in engine.specs]
+
+
+def test_protocol_seed_gives_independent_md_and_seed_zero_keeps_its_trajectories(tmp_path):
+    zero, one = _md_seeds(tmp_path, 0), _md_seeds(tmp_path, 1)
+    assert zero == [1000, 1001, 1002]
+    assert len(set(one)) == 3 and not set(zero) & set(one)

@@ -14,6 +14,9 @@ from ase import Atoms
 
 from schemas.tasks import MDSpec, ModelRef, SinglePointSpec, TrainSpec
 
+# MD seeds are SEED_STRIDE × protocol seed + 1000 × iteration + run index: seed 0 keeps its old
+# trajectories, and another protocol seed shares none of them
+SEED_STRIDE = 1_000_000
 
 
 def then(fut: Future, fn) -> Future:
@@ -58,13 +61,15 @@ class BlockReport:
 
 
 class Campaign:
-    def __init__(self, engine, store, progress, reference, model_spec, *, max_force_eV_per_A: float = 50.0):
+    def __init__(self, engine, store, progress, reference, model_spec, *, max_force_eV_per_A: float = 50.0,
+                 seed: int = 0):
         self.engine = engine
         self.store = store
         self.progress = progress
         self.reference = reference
         self.model_spec = model_spec
         self.max_force_eV_per_A = max_force_eV_per_A
+        self.seed = seed  # offsets every MD thermostat seed: another seed, another independent run
         self.model: ModelRef | None = None
         self._labels: list[Future] = []
         # task keys of this campaign's labels: training uses exactly these, so a resumed run replays
@@ -155,7 +160,7 @@ class Campaign:
 
             futures, handled = [], []
             for i, atoms in enumerate(structures):
-                spec = MDSpec(model=self.model, seed=1000 * iteration + i, **md)
+                spec = MDSpec(model=self.model, seed=SEED_STRIDE * self.seed + 1000 * iteration + i, **md)
                 fut = self.engine.submit(spec, [atoms])
                 handled.append(then(fut, on_md))
                 futures.append(fut)

@@ -19,7 +19,7 @@ from schemas.tasks import MDSpec, NEBSpec, OptimiseSpec, SinglePointSpec
 
 from . import catalysis_build as build
 from . import sampling
-from .active_learning import BlockReport, Campaign, then
+from .active_learning import SEED_STRIDE, BlockReport, Campaign, then
 
 
 def plan(protocol) -> list[str]:
@@ -64,7 +64,7 @@ class Catalysis:
         self.engine, self.store, self.progress = engine, store, progress
         self.system = build.build_system(protocol)
         self.fixed = build.fixed_indices(self.system.site_slab)
-        self.campaign = Campaign(engine, store, progress, protocol.reference, protocol.model)
+        self.campaign = Campaign(engine, store, progress, protocol.reference, protocol.model, seed=protocol.seed)
         self.reports: dict[str, dict] = store.read_json("blocks.json") or {}
         self.minima: dict[str, Atoms] = {}
         self.barriers: dict[str, dict] = {}
@@ -163,7 +163,8 @@ class Catalysis:
         for k in range(P3.site_md_snapshots):
             # σ_thr here only ends a segment early; the snapshot is the segment's last frame
             spec = MDSpec(model=self.campaign.model, steps=per, temperature_K=P3.temperature_K,
-                          timestep_fs=P3.timestep_fs, sigma_thr_eV=10.0, fixed_atoms=self.fixed, seed=7 + k)
+                          timestep_fs=P3.timestep_fs, sigma_thr_eV=10.0, fixed_atoms=self.fixed,
+                          seed=SEED_STRIDE * self.p.seed + 7 + k)
             atoms = self.engine.run(spec, [atoms]).final
             snapshots.append(atoms)
         return snapshots
