@@ -1,15 +1,18 @@
 """The embedded default end to end: wall time, labels, reference calls and barrier errors.
 
-    python benchmarks/quickstart.py [--from-run DIR]  ->  benchmarks/results/quickstart.json
+    python benchmarks/quickstart.py [--seed N] [--from-run DIR]
+        ->  benchmarks/results/quickstart.json (quickstart_seedN.json for N > 0)
 
 Runs `run.py --site local-htex examples/quickstart.yaml` afresh in runs/quickstart-benchmark (what
 `make demo` does; an earlier benchmark run there is deleted first) and collects the figures the README
-quotes from its summary.json; the run directory stays for benchmarks/reference_calls.py. With
---from-run, summarises a run directory that command already made (its own wall time and how many
-tasks came from a journal).
+quotes from its summary.json; the run directory stays for benchmarks/reference_calls.py. --seed N runs
+the same protocol with `seed: N` (other rattles, placements and MD trajectories: an independent repeat)
+in runs/quickstart-benchmark-seedN. With --from-run, summarises a run directory that command already
+made (its own wall time and how many tasks came from a journal).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -19,16 +22,23 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_fresh() -> tuple[dict, float, Path]:
-    run_dir = ROOT / "runs" / "quickstart-benchmark"
+def run_fresh(seed: int) -> tuple[dict, float, Path]:
+    run_dir = ROOT / "runs" / ("quickstart-benchmark" + (f"-seed{seed}" if seed else ""))
     if run_dir.exists():  # a measurement from scratch: nothing answered from an earlier journal
         shutil.rmtree(run_dir)
+    protocol = ROOT / "examples" / "quickstart.yaml"
+    if seed:
+        data = yaml.safe_load(protocol.read_text())
+        protocol = run_dir.with_suffix(".yaml")
+        protocol.write_text(yaml.safe_dump({**data, "seed": seed}, sort_keys=False))
     t0 = time.time()
     p = subprocess.run([sys.executable, str(ROOT / "run.py"), "--site", "local-htex", "--run-dir", str(run_dir),
-                        "--force-new", "--no-live", str(ROOT / "examples" / "quickstart.yaml")],
+                        "--force-new", "--no-live", str(protocol)],
                        capture_output=True, text=True)
     wall = time.time() - t0
     if p.returncode != 0:
@@ -37,16 +47,21 @@ def run_fresh() -> tuple[dict, float, Path]:
 
 
 def main():
-    if len(sys.argv) == 3 and sys.argv[1] == "--from-run":
-        run_dir = Path(sys.argv[2]).resolve()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=0, help="protocol seed (0: examples/quickstart.yaml as it is)")
+    ap.add_argument("--from-run", type=Path, help="summarise this finished run instead of running one")
+    args = ap.parse_args()
+    if args.from_run:
+        run_dir = args.from_run.resolve()
         summary = json.loads((run_dir / "summary.json").read_text())
         wall = summary["wall_s"]
     else:
-        summary, wall, run_dir = run_fresh()
+        summary, wall, run_dir = run_fresh(args.seed)
     # tasks this invocation answered from the journal (a resumed or partly reused run), if recorded
     cached = sum(c.get("cached", 0) for c in summary.get("executors", {}).values()) if "executors" in summary else None
     out = {
         "command": "python run.py --site local-htex examples/quickstart.yaml",
+        "seed": yaml.safe_load((run_dir / "protocol.yaml").read_text()).get("seed", 0),
         "run_dir": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir),
         "tasks_answered_from_journal": cached,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -61,7 +76,8 @@ def main():
                                                     "reference_barrier_eV", "error")}
                        for name, v in summary.get("validation", {}).items()},
     }
-    dest = ROOT / "benchmarks" / "results" / "quickstart.json"
+    seed = out["seed"]
+    dest = ROOT / "benchmarks" / "results" / (f"quickstart_seed{seed}.json" if seed else "quickstart.json")
     dest.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 

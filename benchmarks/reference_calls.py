@@ -2,6 +2,7 @@
 configurations against ≈5000 single points of a direct DFT NEB, 8×).
 
     python benchmarks/reference_calls.py [--run-dir DIR]  ->  benchmarks/results/reference_calls.json
+                                                             (reference_calls_seedN.json for a run with seed N > 0)
 
 DIR is a finished catalysis run (default runs/quickstart-zno-vacancy, what `make demo` makes). For each
 of its reactions a reference NEB is started from the linear/IDPP interpolation between the endpoints
@@ -102,6 +103,7 @@ def main():
     out = {
         "command": "python benchmarks/reference_calls.py",
         "run_dir": str(run_dir),
+        "seed": protocol.seed,
         "machine": f"{platform.machine()}, Python {platform.python_version()}",
         "reference": protocol.reference.model_dump(mode="json"),
         "protocol_reference_calls": protocol_calls,
@@ -117,7 +119,8 @@ def main():
         "barriers": summary["barriers"],
         "direct_neb": direct,
     }
-    dest = ROOT / "benchmarks" / "results" / "reference_calls.json"
+    name = f"reference_calls_seed{protocol.seed}.json" if protocol.seed else "reference_calls.json"
+    dest = ROOT / "benchmarks" / "results" / name
     dest.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 
