@@ -112,31 +112,43 @@ class SCFFallbackCalculator(Calculator):
     energy depends on the geometry alone. tblite otherwise restarts from the previous call's charges:
     along a direct GFN2-xTB NEB of the quickstart, an image whose fresh SCF does not converge was
     "converged" from that restart onto a spurious solution, and the following restarts walked it to
-    20 eV below the fresh energy, where the band followed."""
+    20 eV below the fresh energy, where the band followed. Only when both fresh attempts fail does an
+    xTB image continue from its own last converged SCF (what a DFT user restarting from the previous
+    step's wavefunction does); the next calculation starts fresh again, so such a result cannot seed
+    a chain. `continued_calls` counts them (they are also in `fallback_calls`)."""
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(self, reference, atoms: Atoms, ctx: TaskContext):
         super().__init__()
         self.reference, self.ctx = reference, ctx
-        self.fallback_calls = 0
+        self.fallback_calls = self.continued_calls = 0
+        self._last = None  # the calculator of this image's last converged SCF
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        try:
-            self.results = _evaluate(make_calculator(self.reference, self.atoms, self.ctx), self.atoms, properties)
-        except Exception as exc:
-            from .errors import SCFNotConverged
-            from .singlepoint import _classify
-
-            if not isinstance(_classify(self.reference, Path(self.ctx.workdir), exc), SCFNotConverged):
-                raise
-            self.fallback_calls += 1
+        attempts = [lambda: make_calculator(self.reference, self.atoms, self.ctx),
+                    lambda: make_calculator(self.reference, self.atoms, self.ctx, fallback=True)]
+        if isinstance(self.reference, XTBReference) and self._last is not None:
+            attempts.append(lambda last=self._last: last)
+        for k, attempt in enumerate(attempts):
+            calc = attempt()
             try:
-                fallback = make_calculator(self.reference, self.atoms, self.ctx, fallback=True)
-                self.results = _evaluate(fallback, self.atoms, properties)
-            except Exception as again:  # classified, so the engine records an `scf` failure (final)
-                raise _classify(self.reference, Path(self.ctx.workdir), again) from again
+                self.results = _evaluate(calc, self.atoms, properties)
+            except Exception as exc:
+                from .errors import SCFNotConverged
+                from .singlepoint import _classify
+
+                error = _classify(self.reference, Path(self.ctx.workdir), exc)
+                if not isinstance(error, SCFNotConverged):
+                    raise
+                if k == len(attempts) - 1:  # classified, so the engine records an `scf` failure (final)
+                    raise error from exc
+                self.fallback_calls += 1
+                continue
+            self.continued_calls += k == 2
+            self._last = calc
+            return
 
 
 def _evaluate(calc, atoms: Atoms, properties) -> dict:

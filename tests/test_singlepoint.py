@@ -147,6 +147,32 @@ def test_reference_task_energies_do_not_depend_on_the_previous_geometry(tmp_path
     assert (after[1] == fresh.get_forces()).all()
 
 
+
+def test_an_image_whose_fresh_scf_fails_twice_continues_from_its_last_converged_scf(tmp_path):
+    """Last resort of a reference NEB image: fresh SCF and fallback both fail, the image's own last
+    converged xTB solution is continued; the calculation after it starts fresh again."""
+    from tasks.references import SCFFallbackCalculator
+
+    ref = XTBReference()
+    water = molecule("H2O")
+    calc = SCFFallbackCalculator(ref, water, _ctx(tmp_path))
+    water.calc = calc
+    water.get_potential_energy()
+    # from here on neither fresh attempt can converge (GFN2-xTB needs 8 cycles from its guess for water)
+    calc.reference = XTBReference(max_iterations=3, fallback=SCFFallback(mixing_beta=0.4, max_scf_steps=3))
+    water.positions[1] += [0.0, 0.02, 0.0]
+    continued = water.get_potential_energy()
+    assert calc.continued_calls == 1 and calc.fallback_calls == 2
+    fresh = water.copy()
+    fresh.calc = SCFFallbackCalculator(ref, fresh, _ctx(tmp_path))
+    assert continued == pytest.approx(fresh.get_potential_energy(), abs=1e-5)
+    # the next geometry is fresh again: with a converging spec, no continuation and no fallback
+    calc.reference = ref
+    water.positions[1] += [0.0, 0.02, 0.0]
+    water.get_potential_energy()
+    assert calc.continued_calls == 1 and calc.fallback_calls == 2
+
+
 # ---------------------------------------------------------------------------- EMT and unphysical results
 
 
