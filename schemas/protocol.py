@@ -288,6 +288,11 @@ class Block6NEB(Strict):
         "model); thesis Table A.1 counts the interior images only (292 labels ≈ 6 iterations × 5 reactions × 10). "
         "Without them the per-iteration reference barrier is not known; the validation gives it"
     )
+    warm_start: bool = Field(
+        True, description="from the 2nd iteration, start each permutation's band from its band of the previous "
+        "iteration (interior images, ends re-relaxed) instead of interpolating again: the model changed by a few "
+        "labels, so the old band is the better guess"
+    )
     max_iterations: int = Field(20, ge=1)
 
     @model_validator(mode="after")

@@ -40,6 +40,9 @@ def _check_run(run_dir: Path, protocol: dict):
     if protocol["validation"]["enabled"]:
         for name in barriers:
             v = summary["validation"][name]
+            if "error" in v:  # GFN2-xTB's SCF cannot be converged at some point of a rough short-run band:
+                assert "(scf)" in v["error"]  # reported as such, the run goes on
+                continue
             assert "reference_fmax_step0_eV_per_A" in v and "steps" in v
             assert v["reference_calls"] >= 2 + protocol["parameters"]["b6_neb"]["n_images"]
             # the reference barrier is measured between reference-relaxed ends
@@ -55,7 +58,7 @@ def _check_run(run_dir: Path, protocol: dict):
         assert len(band) == protocol["parameters"]["b6_neb"]["n_images"] + 2
         e = [a.info["energy_mlff_eV"] for a in band]
         assert max(e) - e[0] == pytest.approx(b["mlff_barrier_eV"], abs=1e-6)
-        if protocol["validation"]["enabled"]:
+        if protocol["validation"]["enabled"] and "error" not in summary["validation"][name]:
             assert len(read(run_dir / "paths" / f"{name}.validation.xyz", ":")) == len(band)
 
     # every label carries its provenance, and the reasons of the protocol appear
@@ -89,7 +92,8 @@ def _short_protocol(tmp_path: Path) -> tuple[Path, dict]:
     P["b3_adsorbate_seed"].update(site_md_steps=10, site_md_snapshots=1, dimers_per_pair=2,
                                   placements_per_snapshot=2, fps_per_intermediate=1)
     P["b5_geometry"].update(max_iterations=1, max_steps=60)
-    P["b6_neb"].update(n_images=3, max_iterations=1, max_steps=60)
+    # two block-6 iterations (a criterion no rough model meets), so the second starts from warm bands
+    P["b6_neb"].update(n_images=3, max_iterations=2, max_steps=60, energy_criterion_eV=1e-4)
     data["validation"] = {"enabled": True, "fmax_eV_per_A": 0.1, "max_steps": 2, "endpoint_max_steps": 5}
     # the short run's rough bands reach geometries where no damping converges GFN2-xTB's SCF; a smeared
     # fallback (T_el = 0.1 eV / k_B, those calculations only) keeps its reference NEBs running
@@ -106,6 +110,17 @@ def test_catalysis_protocol_end_to_end_and_resume(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     _check_run(run_dir, data)
     first = json.loads((run_dir / "summary.json").read_text())
+    assert first["blocks"]["neb"]["iterations"] == 2
+    # iteration 1 interpolates each permutation's band between the ends; iteration 2 starts from that
+    # band (warm_start), which the task sees as a whole starting band (its step-0 force is then recorded)
+    import sqlite3
+
+    with sqlite3.connect(run_dir / "journal.db") as db:
+        nebs = [json.loads(r) for s, r in db.execute("select spec, result from tasks where kind='neb' and "
+                                                      "status='done' order by submitted_at")
+                if json.loads(s)["model"] is not None]
+    assert len(nebs) == 2 * 2 * len(data["reactions"])  # 2 iterations x 2 permutations
+    assert [n["fmax_initial_eV_per_A"] is None for n in nebs] == [True] * 4 + [False] * 4
 
     # the same command again: every task from the journal, the same answer
     p = _run(protocol, run_dir, timeout=900)

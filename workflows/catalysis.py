@@ -70,6 +70,7 @@ class Catalysis:
         self.barriers: dict[str, dict] = {}
         self.neb_history: list[dict] = []
         self.paths: dict[str, dict] = {}
+        self._bands: dict[tuple[str, int], list[Atoms]] = {}  # (reaction, permutation) -> last MLFF band
         self._validation_images: dict[str, list[Atoms]] = {}
 
     # ------------------------------------------------------------------ helpers
@@ -291,8 +292,9 @@ class Catalysis:
         row: dict[str, dict] = {}
         all_futures = []
         for r in self.p.reactions:
-            futs = [self.engine.submit(spec, [ends[r.initial], sampling.apply_order(ends[r.final], perm)])
-                    for perm in perms[r.name]]
+            futs = [self.engine.submit(spec, self._start_band(r.name, k, ends[r.initial],
+                                                               sampling.apply_order(ends[r.final], perm)))
+                    for k, perm in enumerate(perms[r.name])]
             pending = {"n": len(futs)}
 
             def done(_f, r=r, futs=futs, pending=pending):
@@ -301,6 +303,8 @@ class Catalysis:
                     if pending["n"]:
                         return
                 ok = [(k, f.result()) for k, f in enumerate(futs) if f.exception() is None]
+                for k, res in ok:
+                    self._bands[(r.name, k)] = res.images
                 if not ok:
                     self.progress.log(f"block 6: every NEB of {r.name} failed")
                     return
@@ -339,6 +343,12 @@ class Catalysis:
                               f" max |ΔE| on the labelled images "
                               f"{deviations.max() if deviations.size else float('nan'):.3f} eV")
         return errors, row
+
+    def _start_band(self, reaction: str, k: int, initial: Atoms, final: Atoms) -> list[Atoms]:
+        """The NEB's starting structures: the two ends (interpolated by the task), or with warm_start the
+        interior of this permutation's previous band between the freshly relaxed ends."""
+        old = self._bands.get((reaction, k)) if self.P.b6_neb.warm_start else None
+        return [initial, *old[1:-1], final] if old else [initial, final]
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> dict:
