@@ -143,8 +143,9 @@ def test_reference_task_energies_do_not_depend_on_the_previous_geometry(tmp_path
     after = (water.get_potential_energy(), water.get_forces())
     fresh = molecule("H2O")
     fresh.calc = SCFFallbackCalculator(ref, fresh, _ctx(tmp_path))
-    assert after[0] == fresh.get_potential_energy()
-    assert (after[1] == fresh.get_forces()).all()
+    # to threading round-off; a restarted SCF differs by ~3e-5 eV/Å in the forces here
+    assert after[0] == pytest.approx(fresh.get_potential_energy(), abs=1e-9)
+    np.testing.assert_allclose(after[1], fresh.get_forces(), rtol=0, atol=1e-8)
 
 
 
