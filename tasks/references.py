@@ -10,6 +10,7 @@ with the spec's number directly.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import shutil
@@ -19,7 +20,14 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import Calculator, all_changes, kptdensity2monkhorstpack
+from ase.calculators.calculator import (
+    CalculationFailed,
+    Calculator,
+    CalculatorSetupError,
+    InputError,
+    all_changes,
+    kptdensity2monkhorstpack,
+)
 from ase.calculators.castep import Castep
 from ase.calculators.espresso import Espresso, EspressoProfile
 from ase.units import Ry, kB
@@ -27,7 +35,7 @@ from ase.units import Ry, kB
 from schemas.tasks import CastepReference, EMTReference, EspressoReference, XTBReference
 
 from .context import TaskContext
-from .errors import TaskError, TransientError
+from .errors import SCFNotConverged, TaskError, TransientError
 
 
 class ReferenceSetupError(TaskError):
@@ -136,10 +144,7 @@ class SCFFallbackCalculator(Calculator):
             try:
                 self.results = _evaluate(calc, self.atoms, properties)
             except Exception as exc:
-                from .errors import SCFNotConverged
-                from .singlepoint import _classify
-
-                error = _classify(self.reference, Path(self.ctx.workdir), exc)
+                error = classify_failure(self.reference, Path(self.ctx.workdir), exc)
                 if not isinstance(error, SCFNotConverged):
                     raise
                 if k == len(attempts) - 1:  # classified, so the engine records an `scf` failure (final)
@@ -273,6 +278,44 @@ def classify_launch_failure(code: str, returncode: int, text: str, code_error: s
 # ----------------------------------------------------------------------------------------------
 # Quantum ESPRESSO
 # ----------------------------------------------------------------------------------------------
+
+
+TBLITE_SCF_MARKER = "SCF not converged"
+
+
+def classify_failure(ref, workdir: Path, exc: Exception) -> TaskError:
+    """The engine's failure class of an exception a reference calculation raised in `workdir`: SCF,
+    transient launcher/node trouble, set-up error or a failure of the code itself."""
+    code = ref.code
+    if isinstance(ref, EspressoReference):
+        if espresso_scf_failed(workdir):
+            return SCFNotConverged(f"espresso: SCF not converged in {workdir}")
+        if isinstance(exc, subprocess.CalledProcessError):
+            text = espresso_output_text(workdir) + "\n" + (exc.stderr or "")
+            return classify_launch_failure(code, exc.returncode, text, espresso_error(workdir))
+    if isinstance(ref, CastepReference):
+        castep_out = workdir / "castep.castep"
+        if castep_out.is_file() and castep_scf_failed(castep_out.read_text(errors="replace")):
+            return SCFNotConverged(f"castep: SCF not converged in {workdir}")
+        if isinstance(exc, subprocess.CalledProcessError):
+            text = "\n".join(
+                p.read_text(errors="replace")[-20000:]
+                for p in (workdir / "castep.castep", workdir / "castep.stderr", workdir / "castep.stdout")
+                if p.is_file()
+            )
+            return classify_launch_failure(code, exc.returncode, text + "\n" + (exc.stderr or ""))
+    if isinstance(ref, XTBReference) and TBLITE_SCF_MARKER in str(exc):
+        return SCFNotConverged(f"xtb: {exc}")
+    if isinstance(exc, (InputError, CalculatorSetupError)):  # configuration: retrying unchanged cannot help
+        return ReferenceSetupError(f"{code}: {exc}")
+    if isinstance(exc, CalculationFailed):
+        return ReferenceFailed(f"{code}: {exc}")
+    # Shared-filesystem hiccups and lost connections on a cluster node; other OS errors are not transient.
+    if isinstance(exc, (ConnectionError, TimeoutError)) or (
+        isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.ESTALE, errno.EAGAIN, errno.ETIMEDOUT)
+    ):
+        return TransientError(f"{code}: {type(exc).__name__}: {exc}")
+    return ReferenceFailed(f"{code}: {type(exc).__name__}: {exc}")
 
 
 def _espresso(ref: EspressoReference, atoms: Atoms, ctx: TaskContext, fallback: bool, timeout_s: float | None):

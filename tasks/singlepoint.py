@@ -13,40 +13,26 @@ MLFF is trained on; with smearing it differs from the extrapolated 0 K energy by
 """
 from __future__ import annotations
 
-import errno
-import subprocess
-from pathlib import Path
 import time
+from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import (
-    CalculationFailed,
-    CalculatorSetupError,
-    InputError,
-    PropertyNotImplementedError,
-)
+from ase.calculators.calculator import PropertyNotImplementedError
 
 from schemas.results import SinglePointResult
-from schemas.tasks import CastepReference, EspressoReference, SinglePointSpec, XTBReference
+from schemas.tasks import CastepReference, EspressoReference, SinglePointSpec
 
 from .context import TaskContext
-from .errors import SCFNotConverged, TaskError, TransientError, UnphysicalResult
+from .errors import SCFNotConverged, TaskError, UnphysicalResult
 from .references import (
-    ReferenceFailed,
-    ReferenceSetupError,
     castep_scf_failed,
-    classify_launch_failure,
-    espresso_error,
-    espresso_output_text,
+    classify_failure,
     espresso_scf_failed,
     is_periodic_3d,
     make_calculator,
     reference_label,
 )
-
-TBLITE_SCF_MARKER = "SCF not converged"
-
 
 def run(spec: SinglePointSpec, structures: list[Atoms], ctx: TaskContext) -> SinglePointResult:
     if len(structures) != 1:
@@ -71,7 +57,7 @@ def run(spec: SinglePointSpec, structures: list[Atoms], ctx: TaskContext) -> Sin
     except TaskError:
         raise
     except Exception as exc:  # every code reports its failures differently: classify, never pass through
-        raise _classify(ref, workdir, exc) from exc
+        raise classify_failure(ref, workdir, exc) from exc
     wall = time.perf_counter() - start
     _check_scf_record(ref, workdir)
     _check_physical(spec, n_atoms, energy, forces, stress)
@@ -91,39 +77,6 @@ def _bare(atoms: Atoms) -> Atoms:
     a = atoms.copy()
     a.calc = None
     return a
-
-
-def _classify(ref, workdir: Path, exc: Exception) -> TaskError:
-    code = ref.code
-    if isinstance(ref, EspressoReference):
-        if espresso_scf_failed(workdir):
-            return SCFNotConverged(f"espresso: SCF not converged in {workdir}")
-        if isinstance(exc, subprocess.CalledProcessError):
-            text = espresso_output_text(workdir) + "\n" + (exc.stderr or "")
-            return classify_launch_failure(code, exc.returncode, text, espresso_error(workdir))
-    if isinstance(ref, CastepReference):
-        castep_out = workdir / "castep.castep"
-        if castep_out.is_file() and castep_scf_failed(castep_out.read_text(errors="replace")):
-            return SCFNotConverged(f"castep: SCF not converged in {workdir}")
-        if isinstance(exc, subprocess.CalledProcessError):
-            text = "\n".join(
-                p.read_text(errors="replace")[-20000:]
-                for p in (workdir / "castep.castep", workdir / "castep.stderr", workdir / "castep.stdout")
-                if p.is_file()
-            )
-            return classify_launch_failure(code, exc.returncode, text + "\n" + (exc.stderr or ""))
-    if isinstance(ref, XTBReference) and TBLITE_SCF_MARKER in str(exc):
-        return SCFNotConverged(f"xtb: {exc}")
-    if isinstance(exc, (InputError, CalculatorSetupError)):  # configuration: retrying unchanged cannot help
-        return ReferenceSetupError(f"{code}: {exc}")
-    if isinstance(exc, CalculationFailed):
-        return ReferenceFailed(f"{code}: {exc}")
-    # Shared-filesystem hiccups and lost connections on a cluster node; other OS errors are not transient.
-    if isinstance(exc, (ConnectionError, TimeoutError)) or (
-        isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.ESTALE, errno.EAGAIN, errno.ETIMEDOUT)
-    ):
-        return TransientError(f"{code}: {type(exc).__name__}: {exc}")
-    return ReferenceFailed(f"{code}: {type(exc).__name__}: {exc}")
 
 
 def _check_scf_record(ref, workdir: Path) -> None:

@@ -17,7 +17,8 @@ from tasks import run_task
 from tasks.context import TaskContext
 from tasks.errors import SCFNotConverged, TransientError, UnphysicalResult
 from tasks.references import ReferenceFailed, ReferenceSetupError, make_calculator
-from tasks.singlepoint import _check_physical, _classify, run
+from tasks.references import classify_failure
+from tasks.singlepoint import _check_physical, run
 
 MPI = "mpirun --allow-run-as-root -n 2"
 H_PSEUDO = "H.pbe-kjpaw.UPF"
@@ -126,7 +127,6 @@ def test_reference_optimisation_redoes_an_unconverged_scf_with_the_fallback(tmp_
     assert res.converged
 
 
-
 def test_reference_task_energies_do_not_depend_on_the_previous_geometry(tmp_path):
     """Each calculation of a multi-step reference task starts from the code's initial guess: the same
     geometry gives the same numbers whatever was calculated before (tblite would restart from the last
@@ -146,7 +146,6 @@ def test_reference_task_energies_do_not_depend_on_the_previous_geometry(tmp_path
     # to threading round-off; a restarted SCF differs by ~3e-5 eV/Å in the forces here
     assert after[0] == pytest.approx(fresh.get_potential_energy(), abs=1e-9)
     np.testing.assert_allclose(after[1], fresh.get_forces(), rtol=0, atol=1e-8)
-
 
 
 def test_an_image_whose_fresh_scf_fails_twice_continues_from_its_last_converged_scf(tmp_path):
@@ -293,4 +292,4 @@ def test_missing_code_is_a_clear_setup_error(tmp_path):
     ],
 )
 def test_in_process_exceptions_are_classified(tmp_path, ref, exc, expected):
-    assert type(_classify(ref, tmp_path, exc)) is expected
+    assert type(classify_failure(ref, tmp_path, exc)) is expected
