@@ -59,9 +59,11 @@ def main():
         summary, wall, run_dir = run_fresh(args.seed)
     # tasks this invocation answered from the journal (a resumed or partly reused run), if recorded
     cached = sum(c.get("cached", 0) for c in summary.get("executors", {}).values()) if "executors" in summary else None
+    seed = yaml.safe_load((run_dir / "protocol.yaml").read_text()).get("seed", 0)
     out = {
-        "command": "python run.py --site local-htex examples/quickstart.yaml",
-        "seed": yaml.safe_load((run_dir / "protocol.yaml").read_text()).get("seed", 0),
+        "command": "python run.py --site local-htex examples/quickstart.yaml"
+        + (f" (a copy with seed: {seed})" if seed else ""),
+        "seed": seed,
         "run_dir": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir),
         "tasks_answered_from_journal": cached,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -76,7 +78,6 @@ def main():
                                                     "reference_barrier_eV", "error")}
                        for name, v in summary.get("validation", {}).items()},
     }
-    seed = out["seed"]
     dest = ROOT / "benchmarks" / "results" / (f"quickstart_seed{seed}.json" if seed else "quickstart.json")
     dest.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
