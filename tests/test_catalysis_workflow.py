@@ -121,6 +121,11 @@ def test_catalysis_protocol_end_to_end_and_resume(tmp_path):
                 if json.loads(s)["model"] is not None]
     assert len(nebs) == 2 * 2 * len(data["reactions"])  # 2 iterations x 2 permutations
     assert [n["fmax_initial_eV_per_A"] is None for n in nebs] == [True] * 4 + [False] * 4
+    # every reference single point of the run is in some block's count (the dimer spacing search's
+    # probes in block 3's); the run's total also counts retries of a failed SCF
+    with sqlite3.connect(run_dir / "journal.db") as db:
+        (singlepoints,), = db.execute("select count(*) from tasks where kind='singlepoint'")
+    assert sum(b["reference_calls"] for b in first["blocks"].values()) == singlepoints
 
     # the same command again: every task from the journal, the same answer
     p = _run(protocol, run_dir, timeout=900)

@@ -126,7 +126,11 @@ class Catalysis:
         # adsorbate-surface pairs give the MLFF the short-range repulsion a GAP cannot extrapolate)
         pairs = [(a, b) for a, b in sampling.element_pairs(self.system.elements)
                  if a in self.system.adsorbate_elements() or b in self.system.adsorbate_elements()]
-        dimers = sampling.make_dimers(self._reference_forces, self.system.elements, P3.dimers_per_pair,
+        def probe(atoms: Atoms) -> np.ndarray:  # the spacing search's reference calls belong to this block
+            report.reference_calls += 1
+            return self._reference_forces(atoms)
+
+        dimers = sampling.make_dimers(probe, self.system.elements, P3.dimers_per_pair,
                                       P3.dimer_max_force_eV_per_A, P3.dimer_max_distance_A, P3.dimer_box_A,
                                       P3.dimer_weight, pairs=pairs)
         self.campaign.label(dimers, block=name, iteration=0, reason="dimer", energy_weight=P3.dimer_weight,
