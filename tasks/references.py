@@ -151,7 +151,8 @@ class SCFFallbackCalculator(Calculator):
                     raise error from exc
                 self.fallback_calls += 1
                 continue
-            self.continued_calls += k == 2
+            if k == 2:  # the third attempt: this image's own last converged SCF
+                self.continued_calls += 1
             self._last = calc
             return
 

@@ -34,6 +34,7 @@ from .references import (
     reference_label,
 )
 
+
 def run(spec: SinglePointSpec, structures: list[Atoms], ctx: TaskContext) -> SinglePointResult:
     if len(structures) != 1:
         raise ValueError(f"singlepoint takes exactly one structure, got {len(structures)}")

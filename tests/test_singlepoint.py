@@ -16,8 +16,7 @@ from schemas.tasks import EMTReference, EspressoReference, SCFFallback, SinglePo
 from tasks import run_task
 from tasks.context import TaskContext
 from tasks.errors import SCFNotConverged, TransientError, UnphysicalResult
-from tasks.references import ReferenceFailed, ReferenceSetupError, make_calculator
-from tasks.references import classify_failure
+from tasks.references import ReferenceFailed, ReferenceSetupError, classify_failure, make_calculator
 from tasks.singlepoint import _check_physical, run
 
 MPI = "mpirun --allow-run-as-root -n 2"
