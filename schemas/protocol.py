@@ -220,6 +220,13 @@ class Block3AdsorbateSeed(MDBlock):
 
     md_steps: int = Field(1000, gt=0, description="thesis: 1 ps")
     dimers_per_pair: int = Field(4, ge=0, description="dimers for each element pair of the adsorbates")
+    dimer_pairs: Literal["adsorbate_surface", "adsorbate"] = Field(
+        "adsorbate_surface",
+        description="'adsorbate_surface': pairs with at least one adsorbate element (H2 on ZnO: H-H, H-O, "
+        "H-Zn), the short-range repulsion a GAP cannot extrapolate; 'adsorbate': pairs of adsorbate "
+        "elements only, as thesis Table A.1 (C, H, O -> 24 dimers). Without the H-O and H-Zn dimers the "
+        "quickstart's GAP put NEB images 8-20 eV below their ends (atoms inside one another)",
+    )
     dimer_max_force_eV_per_A: float = Field(20.0, gt=0, description="shortest dimer: reference force at most this")
     dimer_max_distance_A: float = Field(
         4.0, gt=0, description="longest dimer; dimers are spaced evenly from the shortest to this"

@@ -21,6 +21,16 @@ def test_element_pairs_thesis_count():
     assert len(S.element_pairs(["C", "O", "H", "O"])) == 6  # thesis: 6 pairs × 4 = 24 dimers
 
 
+def test_dimer_pairs_with_and_without_the_surface():
+    # H2 on ZnO: H-H, H-O and H-Zn by default; H-H only as the thesis counts them
+    assert S.dimer_pairs(["Zn", "O", "H"], ["H"]) == [("H", "H"), ("H", "O"), ("H", "Zn")]
+    assert S.dimer_pairs(["Zn", "O", "H"], ["H"], with_surface=False) == [("H", "H")]
+    # thesis: CO2 + H2 on In2O3 -> dimers for the C, H, O pairs (24 with 4 each), none with In
+    assert S.dimer_pairs(["In", "O", "C", "H"], ["C", "H", "O"], with_surface=False) == [
+        ("C", "C"), ("C", "H"), ("C", "O"), ("H", "H"), ("H", "O"), ("O", "O")]
+    assert len(S.dimer_pairs(["In", "O", "C", "H"], ["C", "H", "O"])) == 6 + 3
+
+
 def test_shortest_dimer_respects_force_bound():
     r = S.shortest_dimer_distance(emt_forces, "C", "O", max_force_eV_per_A=20.0)
     f_at = S.dimer_axial_force(emt_forces, "C", "O", r, 12.0)

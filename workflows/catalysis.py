@@ -22,10 +22,16 @@ from . import sampling
 from .active_learning import SEED_STRIDE, BlockReport, Campaign, then
 
 
+def _dimer_pairs(system, P3) -> list[tuple[str, str]]:
+    return sampling.dimer_pairs(system.elements, system.adsorbate_elements(),
+                                with_surface=P3.dimer_pairs == "adsorbate_surface")
+
+
 def plan(protocol) -> list[str]:
     """What --check prints: the system built from the protocol and what each block will run."""
     system = build.build_system(protocol)
     P = protocol.parameters
+    dimer_pairs = _dimer_pairs(system, P.b3_adsorbate_seed)
     lines = [f"system: bulk {system.bulk.get_chemical_formula()} ({len(system.bulk)} atoms), slab "
              f"{len(system.slab)} atoms, active-site slab {len(system.site_slab)} atoms, elements "
              f"{', '.join(system.elements)}; reference {protocol.reference.code}, model {protocol.model.model}, "
@@ -35,8 +41,8 @@ def plan(protocol) -> list[str]:
            "-> singlepoint; train",
         1: f"md ({P.b1_bulk.md_steps} steps) on the bulk until no breach; ≤ {P.b1_bulk.max_iterations} iterations",
         2: f"md ({P.b2_surface.md_steps} steps) on slab and active site; ≤ {P.b2_surface.max_iterations} iterations",
-        3: f"dimers ({P.b3_adsorbate_seed.dimers_per_pair} per element pair with one of "
-           f"{', '.join(system.adsorbate_elements())}), "
+        3: f"{P.b3_adsorbate_seed.dimers_per_pair * len(dimer_pairs)} dimers ({P.b3_adsorbate_seed.dimers_per_pair} "
+           f"each for {', '.join('-'.join(p) for p in dimer_pairs)}), "
            f"{P.b3_adsorbate_seed.fps_per_intermediate} FPS placements per intermediate, then md",
         4: f"md ({P.b4_adsorbate_md.md_steps} steps) on {len(system.intermediates)} intermediates",
         5: f"optimise {len(system.intermediates)} intermediates, label minima until reference "
@@ -121,11 +127,9 @@ class Catalysis:
         name, P3 = BLOCK_NAMES[3], self.P.b3_adsorbate_seed
         report = BlockReport(name, criterion="max per-atom σ over full MD runs (eV) < σ_thr")
         self.progress.set_stage(f"block 3 ({name}): dimers and placements")
-        # dimers: 4 per element pair of the adsorbates, the shortest at 20 eV/Å repulsion, weight 1/5
-        # dimers of every element pair with an adsorbate element in it (thesis: adsorbate pairs only;
-        # adsorbate-surface pairs give the MLFF the short-range repulsion a GAP cannot extrapolate)
-        pairs = [(a, b) for a, b in sampling.element_pairs(self.system.elements)
-                 if a in self.system.adsorbate_elements() or b in self.system.adsorbate_elements()]
+        # dimers: 4 per element pair, the shortest at 20 eV/Å repulsion, weight 1/5
+        pairs = _dimer_pairs(self.system, P3)
+
         def probe(atoms: Atoms) -> np.ndarray:  # the spacing search's reference calls belong to this block
             report.reference_calls += 1
             return self._reference_forces(atoms)

@@ -32,6 +32,15 @@ def element_pairs(elements: Sequence[str]) -> list[tuple[str, str]]:
     return list(itertools.combinations_with_replacement(els, 2))
 
 
+def dimer_pairs(elements: Sequence[str], adsorbate: Sequence[str], with_surface: bool = True) -> list[tuple[str, str]]:
+    """The element pairs that get dimers: every pair with an adsorbate element in it, or with
+    `with_surface=False` only pairs of adsorbate elements (thesis Table A.1: CO2 + H2 on In2O3 ->
+    C, H, O -> 6 pairs)."""
+    ads = set(adsorbate)
+    return [(a, b) for a, b in element_pairs(elements)
+            if (a in ads and b in ads) or (with_surface and (a in ads or b in ads))]
+
+
 def dimer(a: str, b: str, distance_A: float, box_A: float = 12.0) -> Atoms:
     """Two atoms along x, centred in a non-periodic cubic box."""
     atoms = Atoms([a, b], positions=[[0.0, 0.0, 0.0], [distance_A, 0.0, 0.0]], cell=[box_A] * 3, pbc=False)
