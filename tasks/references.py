@@ -83,12 +83,32 @@ MISSING_BINARY_MARKERS = (
 )
 
 
+VACUUM_GAP_A = 5.0
+
+
+def vacuum_directions(atoms: Atoms, min_gap_A: float = VACUUM_GAP_A) -> list[bool]:
+    """Per cell vector: do the atoms leave a gap of at least min_gap_A across the planes it spans
+    (a slab's vacuum, a molecule's box)? Such a direction needs a single k-point."""
+    out = []
+    for i in range(3):
+        if not atoms.pbc[i] or len(atoms) == 0:
+            out.append(False)
+            continue
+        b = atoms.cell.reciprocal()[i]  # |b| = 1/d, d the spacing of the planes the other two vectors span
+        s = np.sort(np.mod(atoms.get_scaled_positions(wrap=False)[:, i], 1.0))
+        gaps = np.diff(np.append(s, s[0] + 1.0))
+        out.append(bool(gaps.max() / np.linalg.norm(b) >= min_gap_A))
+    return out
+
+
 def kpoint_grid(atoms: Atoms, spacing_per_A: float | None) -> tuple[int, int, int]:
-    """Monkhorst-Pack grid with at most `spacing_per_A` (2π included) between k-points."""
+    """Monkhorst-Pack grid with at most `spacing_per_A` (2π included) between k-points; one k-point
+    along a non-periodic direction and across a vacuum gap (a slab's normal: VASP's KSPACING and
+    ASE's density rule would give a 23 Å slab cell 2 k-points there, doubling the cost for nothing)."""
     if spacing_per_A is None or not atoms.pbc.any():
         return (1, 1, 1)
     grid = kptdensity2monkhorstpack(atoms, kptdensity=1.0 / spacing_per_A, even=False)
-    return tuple(int(n) for n in grid)
+    return tuple(1 if vac else int(n) for n, vac in zip(grid, vacuum_directions(atoms)))
 
 
 def is_periodic_3d(atoms: Atoms) -> bool:
@@ -497,7 +517,7 @@ def _castep(ref: CastepReference, atoms: Atoms, ctx: TaskContext, fallback: bool
     for key, value in ref.extra_param.items():
         setattr(p, key, value)
 
-    if ref.kpoint_spacing_per_A is not None and is_periodic_3d(atoms):
+    if ref.kpoint_spacing_per_A is not None and is_periodic_3d(atoms) and not any(vacuum_directions(atoms)):
         calc.cell.kpoint_mp_spacing = float(ref.kpoint_spacing_per_A / (2 * np.pi))
     else:
         calc.cell.kpoint_mp_grid = "%d %d %d" % kpoint_grid(atoms, ref.kpoint_spacing_per_A)

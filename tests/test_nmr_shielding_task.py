@@ -112,8 +112,9 @@ def test_castep_magres_input():
     cell, param = nmrshielding.castep_inputs(spec, _water())
     assert "TASK : MAGRES" in param and "MAGRES_TASK : NMR" in param
     assert "CUT_OFF_ENERGY : 600.0 eV" in param and "XC_FUNCTIONAL : PBE" in param
-    # 8 Å, 9.5 Å, 8.6 Å box with 0.5 Å⁻¹ (2π included): ceil(2π/(8·0.5)) = 2, ceil(2π/(9.5·0.5)) = 2 ...
-    assert "KPOINTS_MP_GRID 2 2 2" in cell
+    # a molecule in an 8 Å × 9.5 Å × 8.6 Å box: ≥ 5 Å of vacuum along every axis, so Γ only where the
+    # 0.5 Å⁻¹ spacing alone would give 2 2 2
+    assert "KPOINTS_MP_GRID 1 1 1" in cell
     assert "%BLOCK POSITIONS_FRAC" in cell and "O O_00.usp" in cell
     shielding_only = NMRShieldingSpec(code="castep", efg=False)
     assert "MAGRES_TASK : SHIELDING" in nmrshielding.castep_inputs(shielding_only, _water())[1]

@@ -22,6 +22,7 @@ from tasks.references import (
     castep_scf_failed,
     classify_launch_failure,
     kpoint_grid,
+    vacuum_directions,
     make_calculator,
     read_castep_output,
 )
@@ -58,6 +59,23 @@ def test_kpoint_grid_includes_2pi_and_skips_non_periodic_directions():
     grid = kpoint_grid(slab, 0.25)
     assert grid[2] == 1 and grid[0] > 1 and grid[0] == grid[1]
     assert kpoint_grid(molecule("H2O"), 0.25) == (1, 1, 1)
+
+
+def test_kpoint_grid_one_point_across_a_slabs_vacuum():
+    # a slab made 3D periodic for a plane-wave code: 6.6 Å of Cu and 16 Å of vacuum along c;
+    # the density rule alone would put 2 k-points along the normal (|b3| = 2π/22.6 Å)
+    slab = fcc111("Cu", size=(2, 2, 4), vacuum=8.0)
+    slab.pbc = True
+    assert vacuum_directions(slab) == [False, False, True]
+    grid = kpoint_grid(slab, 0.25)
+    assert grid[2] == 1 and grid[0] == grid[1] == kpoint_grid(fcc111("Cu", size=(2, 2, 4), vacuum=8.0), 0.25)[0]
+    # the rule looks at gaps, not at cell length: a long bulk cell keeps its k-points along c
+    long_bulk = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((1, 1, 6))
+    assert vacuum_directions(long_bulk) == [False, False, False] and kpoint_grid(long_bulk, 0.25)[2] == 2
+    # an empty layer thinner than the threshold is not vacuum
+    thin = fcc111("Cu", size=(1, 1, 3), vacuum=1.5)
+    thin.pbc = True
+    assert not vacuum_directions(thin)[2]
 
 
 # ---------------------------------------------------------------------------- xTB
@@ -195,6 +213,18 @@ def test_castep_inputs_reflect_spec(tmp_path):
     assert back.get_chemical_symbols() == cu.get_chemical_symbols()
     np.testing.assert_allclose(back.cell[:], cu.cell[:], atol=1e-6)
     np.testing.assert_allclose(back.positions, cu.positions, atol=1e-6)
+
+
+def test_castep_slab_gets_an_explicit_grid_with_one_point_along_the_normal(tmp_path):
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=8.0)
+    slab.pbc = True
+    ctx = _ctx(tmp_path)
+    calc = make_calculator(_castep_ref(), slab, ctx)
+    _prepare(calc, slab)
+    cell = _param(ctx.workdir / "castep.cell")
+    assert "KPOINT_MP_SPACING" not in cell  # CASTEP's spacing rule would sample the vacuum too
+    assert cell["KPOINT_MP_GRID"].split() == [str(n) for n in kpoint_grid(slab, 0.25)]
+    assert cell["KPOINT_MP_GRID"].split()[2] == "1"
 
 
 def test_castep_fallback_serial_and_gamma(tmp_path):
