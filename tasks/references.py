@@ -89,15 +89,17 @@ VACUUM_GAP_A = 5.0
 def vacuum_directions(atoms: Atoms, min_gap_A: float = VACUUM_GAP_A) -> list[bool]:
     """Per cell vector: do the atoms leave a gap of at least min_gap_A across the planes it spans
     (a slab's vacuum, a molecule's box)? Such a direction needs a single k-point."""
+    if len(atoms) == 0:
+        return [False] * 3
+    frac = np.sort(np.mod(atoms.get_scaled_positions(wrap=False), 1.0), axis=0)
     out = []
     for i in range(3):
-        if not atoms.pbc[i] or len(atoms) == 0:
+        if not atoms.pbc[i]:  # a non-periodic direction may have no cell vector at all
             out.append(False)
             continue
-        b = atoms.cell.reciprocal()[i]  # |b| = 1/d, d the spacing of the planes the other two vectors span
-        s = np.sort(np.mod(atoms.get_scaled_positions(wrap=False)[:, i], 1.0))
-        gaps = np.diff(np.append(s, s[0] + 1.0))
-        out.append(bool(gaps.max() / np.linalg.norm(b) >= min_gap_A))
+        gap = np.diff(np.append(frac[:, i], frac[0, i] + 1.0)).max()  # widest empty stretch, fractional
+        spacing = 1.0 / np.linalg.norm(atoms.cell.reciprocal()[i])  # of the planes the other two vectors span
+        out.append(bool(gap * spacing >= min_gap_A))
     return out
 
 
