@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
+from ase.geometry import find_mic
 from ase.mep import NEB
 from ase.mep.neb import NEBOptimizer
 from ase.optimize import FIRE
@@ -88,7 +89,20 @@ def initial_band(spec: NEBSpec, structures: list[Atoms]) -> list[Atoms]:
         NEB(images, method="improvedtangent").interpolate(
             method=spec.interpolation, mic=bool(first.pbc.any()), apply_constraint=False
         )
+    if first.pbc.any():
+        make_continuous(images)
     return images
+
+
+def make_continuous(images: list[Atoms]) -> None:
+    """Shift atoms by lattice vectors so that each image's positions follow the previous image's
+    (the same configurations). ASE's preconditioned spline fits its splines to the raw positions
+    (PreconImages.get_coordinates takes only the arc length through the minimum image), so a band whose
+    last image is wrapped back through the cell has a jump of a whole cell vector in its spline and
+    never converges (an adatom hop across the cell edge; ASE 3.29)."""
+    for previous, image in zip(images, images[1:]):
+        step, _ = find_mic(image.positions - previous.positions, image.cell, image.pbc)
+        image.positions = previous.positions + step
 
 
 class ClimbingNEBOptimizer(NEBOptimizer):

@@ -1,5 +1,9 @@
 """tasks.neb: ASE NEB with the MLFF: Cu adatom hop between hollow sites of Cu(100) (ASE's classic
-diffusion example), IDPP start, climbing image, and the preconditioned spline path (thesis §3.4.2)."""
+diffusion example), IDPP start, climbing image, and the preconditioned spline path (thesis §3.4.2).
+
+The slab is 3 surface spacings long along the hop, so the hop is a third of the cell: in a 2×2 cell the
+two hollows are exactly half a cell apart, the minimum-image interpolation is a tie, and round-off
+decides which of the two equivalent bridges the band crosses."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,12 +20,12 @@ from tasks.context import TaskContext
 
 
 def _adatom_slab(offset):
-    s = fcc100("Cu", size=(2, 2, 3), a=3.61, vacuum=8.0)
+    s = fcc100("Cu", size=(3, 2, 3), a=3.61, vacuum=8.0)
     add_adsorbate(s, "Cu", 1.7, "hollow", offset=offset)
     return s
 
 
-BOTTOM = [0, 1, 2, 3]  # tag-3 layer of the 2×2×3 slab
+BOTTOM = [i for i, tag in enumerate(_adatom_slab((0, 0)).get_tags()) if tag == 3]  # bottom layer
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +154,26 @@ def test_reference_neb_started_from_the_mlff_band(ci_neb, tmp_path):
     assert n * max(result.steps, 1) + 2 <= result.energy_evaluations <= (n + 2) * (result.steps + 3)
     with pytest.raises(ValidationError):
         NEBSpec(n_images=3)  # neither model nor reference
+
+
+def test_preconditioned_spline_path_through_the_periodic_boundary(tiny_gap_model, endpoints, ci_neb, tmp_path):
+    """The hollow two spacings to the right is one spacing to the left through the cell's edge: the
+    minimum-image band crosses the boundary (the branch a 2×2 cell's tie may take) and must find the
+    same bridge barrier as the hop inside the cell."""
+    _, reference = ci_neb
+    ctx = TaskContext(workdir=tmp_path / "ends")
+    far = optimise.run(OptimiseSpec(model=tiny_gap_model, fmax_eV_per_A=0.01, fixed_atoms=BOTTOM),
+                       [_adatom_slab((2, 0))], ctx).final
+    spec = NEBSpec(
+        model=tiny_gap_model, n_images=3, method="spline", precon="Exp", fmax_eV_per_A=0.03, fixed_atoms=BOTTOM
+    )
+    result = neb.run(spec, [endpoints[0], far], TaskContext(workdir=tmp_path))
+    assert result.converged and result.fmax_eV_per_A < 0.03
+    assert result.forward_barrier_eV == pytest.approx(reference.forward_barrier_eV, abs=0.03)
+    # the adatom moved left by one surface spacing, modulo the lattice
+    cell_x = endpoints[0].cell[0, 0]
+    step = (result.images[-1].positions[-1, 0] - result.images[0].positions[-1, 0]) % cell_x
+    assert step == pytest.approx(cell_x * 2 / 3, abs=0.05)
+    top = result.images[result.climbing_image].positions[-1, 0]
+    bridge = (result.images[0].positions[-1, 0] - cell_x / 6) % cell_x
+    assert (top - bridge + cell_x / 2) % cell_x - cell_x / 2 == pytest.approx(0.0, abs=0.05)
