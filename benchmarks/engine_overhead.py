@@ -16,14 +16,13 @@ from concurrent.futures import wait
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from ase.build import bulk  # noqa: E402
+from ase.build import bulk
 
-from schemas.loading import read_yaml, validate  # noqa: E402
-from schemas.site import SiteConfig  # noqa: E402
-from schemas.tasks import EMTReference, SinglePointSpec  # noqa: E402
-from workflows.engine import Engine  # noqa: E402
+from reactforge.schemas.loading import read_yaml, validate
+from reactforge.schemas.site import SiteConfig
+from reactforge.schemas.tasks import EMTReference, SinglePointSpec
+from reactforge.engine.engine import Engine
 
 N = 200
 

@@ -26,11 +26,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import models.mfn  # noqa: E402,F401  (mace before e3nn)
-import e3nn  # noqa: E402
-import torch  # noqa: E402
+import reactforge.models.mfn  # noqa: F401  (mace before e3nn)
+import e3nn
+import torch
 
 # plain fx modules: TorchScript re-profiles every new graph size, which distorts per-size timings
 e3nn.set_optimization_defaults(jit_script_fx=False)
@@ -87,7 +86,7 @@ SETTINGS = {
 def make_data() -> None:
     from ase.io import write
 
-    from models.mfn.cumulene import angle_scan, gnl_dataset, length_scan
+    from reactforge.models.mfn.cumulene import angle_scan, gnl_dataset, length_scan
 
     splits = gnl_dataset()
     write(GNL_FILE, [a for k in splits for a in splits[k]], format="extxyz")
@@ -114,7 +113,7 @@ def build_model(name: str, s: dict, e0s, scale: float, avg_nb: float):
     from e3nn import o3
     from mace.modules import RealAgnosticInteractionBlock, RealAgnosticResidualInteractionBlock, ScaleShiftMACE
 
-    from models.mfn.model import MFN, MFNConfig
+    from reactforge.models.mfn.model import MFN, MFNConfig
 
     if name == "mace":
         return ScaleShiftMACE(
@@ -146,8 +145,8 @@ def run_one(name: str, s: dict, device: str, out: Path) -> dict:
 
     from mace.tools.utils import AtomicNumberTable
 
-    from models.mfn import data as D
-    from models.mfn.train import avg_neighbours, data_statistics, evaluate, fit
+    from reactforge.models.mfn import data as D
+    from reactforge.models.mfn.train import avg_neighbours, data_statistics, evaluate, fit
 
     torch.set_default_dtype(torch.float64 if s["dtype"] == "float64" else torch.float32)
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 4))
@@ -218,8 +217,8 @@ def angle_only(name: str, s: dict, device: str) -> dict:
     scan (energies weighted as in Table 6.2) and score R² on all 31 angles and on the held-out odd ones."""
     from mace.tools.utils import AtomicNumberTable
 
-    from models.mfn import data as D
-    from models.mfn.train import avg_neighbours, data_statistics, evaluate, fit
+    from reactforge.models.mfn import data as D
+    from reactforge.models.mfn.train import avg_neighbours, data_statistics, evaluate, fit
 
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 4))  # oversubscribed OpenMP threads stall on small ops
@@ -245,8 +244,8 @@ def scaling(s: dict, device: str) -> dict:
     """Forward + backward (energy and forces, as in training) wall time vs atoms for fresh models."""
     from mace.tools.utils import AtomicNumberTable
 
-    from models.mfn import data as D
-    from models.mfn.cumulene import cumulene
+    from reactforge.models.mfn import data as D
+    from reactforge.models.mfn.cumulene import cumulene
 
     torch.set_default_dtype(torch.float64 if s["dtype"] == "float64" else torch.float32)
     z = AtomicNumberTable([1, 6])

@@ -28,9 +28,8 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from tasks.nmr import exchange, powder, tensors  # noqa: E402
+from reactforge.tasks.nmr import exchange, powder, tensors
 
 FIELD_T, FWHM_HZ = 23.5, 300.0
 AXIS_PPM = np.linspace(-100, 400, 2048)

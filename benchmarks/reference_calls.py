@@ -21,16 +21,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from ase.io import read  # noqa: E402
+from ase.io import read
 
-from schemas.loading import read_yaml, validate  # noqa: E402
-from schemas.protocol import load_protocol  # noqa: E402
-from schemas.site import SiteConfig  # noqa: E402
-from schemas.tasks import NEBSpec  # noqa: E402
-from workflows.catalysis_build import build_system, fixed_indices  # noqa: E402
-from workflows.engine import Engine, TaskFailed  # noqa: E402
+from reactforge.schemas.loading import read_yaml, validate
+from reactforge.schemas.protocol import load_protocol
+from reactforge.schemas.site import SiteConfig
+from reactforge.schemas.tasks import NEBSpec
+from reactforge.workflows.catalysis_build import build_system, fixed_indices
+from reactforge.engine.engine import Engine, TaskFailed
 
 MAX_STEPS = 3000
 SMEARING_RESCUE_EV = 0.1

@@ -1,4 +1,4 @@
-"""Write the JSON Schemas of protocol and site files to schemas/json/ (python -m schemas.export)."""
+"""Write the JSON Schemas of protocol and site files to schemas/json/ (python -m reactforge.schemas.export)."""
 from __future__ import annotations
 
 import json

@@ -11,14 +11,14 @@ from ase import Atoms
 from .context import TaskContext
 
 MODULES = {
-    "singlepoint": "tasks.singlepoint",
-    "md": "tasks.md",
-    "optimise": "tasks.optimise",
-    "neb": "tasks.neb",
-    "minimahopping": "tasks.minimahopping",
-    "umbrellawindow": "tasks.umbrella",
-    "nmrshielding": "tasks.nmrshielding",
-    "train": "tasks.train",
+    "singlepoint": "reactforge.tasks.singlepoint",
+    "md": "reactforge.tasks.md",
+    "optimise": "reactforge.tasks.optimise",
+    "neb": "reactforge.tasks.neb",
+    "minimahopping": "reactforge.tasks.minimahopping",
+    "umbrellawindow": "reactforge.tasks.umbrella",
+    "nmrshielding": "reactforge.tasks.nmrshielding",
+    "train": "reactforge.tasks.train",
 }
 
 

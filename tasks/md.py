@@ -13,8 +13,8 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
-from schemas.results import MDResult
-from schemas.tasks import MDSpec
+from reactforge.schemas.results import MDResult
+from reactforge.schemas.tasks import MDSpec
 
 from .context import TaskContext
 from .errors import UnphysicalResult

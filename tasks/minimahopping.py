@@ -3,7 +3,7 @@
 ASE's MinimaHopping writes its MD/optimisation trajectories (md00000.traj, qn00000.traj, ...) into
 the current directory. Changing directory would redirect every thread of an engine worker, so the
 search runs in a child Python process whose working directory is this task's scratch folder:
-`python -m tasks.minimahopping DIR` reads DIR/spec.json and DIR/input.traj and writes DIR/minima.traj.
+`python -m reactforge.tasks.minimahopping DIR` reads DIR/spec.json and DIR/input.traj and writes DIR/minima.traj.
 """
 from __future__ import annotations
 
@@ -18,13 +18,11 @@ import numpy as np
 from ase import Atoms
 from ase.io import Trajectory, write
 
-from schemas.results import MinimaHoppingResult
-from schemas.tasks import MinimaHoppingSpec
+from reactforge.schemas.results import MinimaHoppingResult
+from reactforge.schemas.tasks import MinimaHoppingSpec
 
 from .context import TaskContext
 from .md import apply_fixed_atoms, plain_atoms, single_structure
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class _EnoughMinima(Exception):
@@ -99,10 +97,9 @@ def run(spec: MinimaHoppingSpec, structures: list[Atoms], ctx: TaskContext) -> M
 
     env = dict(os.environ)
     env.update(ctx.env)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("OMP_NUM_THREADS", str(ctx.threads))
     proc = subprocess.run(
-        [sys.executable, "-m", "tasks.minimahopping", str(folder)],
+        [sys.executable, "-m", "reactforge.tasks.minimahopping", str(folder)],
         cwd=folder,
         env=env,
         capture_output=True,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
-from schemas.tasks import ModelRef
+from reactforge.schemas.tasks import ModelRef
 
 
 _SPARSE_FILE = re.compile(r'sparseX_filename="([^"]+)"')
@@ -129,7 +129,7 @@ def load_mlff(ref: ModelRef, device: str = "cpu") -> Calculator:
         members = [MACECalculator(model_paths=p, device=device, default_dtype="float64") for p in ref.paths]
         return CommitteeCalculator(members, ref.uncertainty)
     if ref.model == "mfn":
-        from models.mfn.calculator import MFNCalculator
+        from reactforge.models.mfn.calculator import MFNCalculator
 
         return CommitteeCalculator([MFNCalculator(p, device=device) for p in ref.paths], ref.uncertainty)
     raise ValueError(f"unknown model kind {ref.model!r}")

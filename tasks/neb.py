@@ -19,8 +19,8 @@ from ase.mep.neb import NEBOptimizer
 from ase.optimize import FIRE
 from ase.optimize.precon import PreconImages
 
-from schemas.results import NEBResult
-from schemas.tasks import NEBSpec
+from reactforge.schemas.results import NEBResult
+from reactforge.schemas.tasks import NEBSpec
 
 from .context import TaskContext
 from .errors import UnphysicalResult

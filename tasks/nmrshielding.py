@@ -20,8 +20,8 @@ import numpy as np
 from ase import Atoms
 from ase.units import Ry
 
-from schemas.results import NMRShieldingResult
-from schemas.tasks import NMRShieldingSpec
+from reactforge.schemas.results import NMRShieldingResult
+from reactforge.schemas.tasks import NMRShieldingSpec
 
 from .context import TaskContext
 from .errors import SCFNotConverged, UnphysicalResult

@@ -10,8 +10,8 @@ import numpy as np
 from ase import Atoms
 from ase.optimize import BFGS, FIRE, LBFGS
 
-from schemas.results import OptimiseResult
-from schemas.tasks import OptimiseSpec
+from reactforge.schemas.results import OptimiseResult
+from reactforge.schemas.tasks import OptimiseSpec
 
 from .context import TaskContext
 from .errors import UnphysicalResult

@@ -32,7 +32,7 @@ from ase.calculators.castep import Castep
 from ase.calculators.espresso import Espresso, EspressoProfile
 from ase.units import Ry, kB
 
-from schemas.tasks import CastepReference, EMTReference, EspressoReference, XTBReference
+from reactforge.schemas.tasks import CastepReference, EMTReference, EspressoReference, XTBReference
 
 from .context import TaskContext
 from .errors import SCFNotConverged, TaskError, TransientError

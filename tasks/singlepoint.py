@@ -20,8 +20,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
 
-from schemas.results import SinglePointResult
-from schemas.tasks import CastepReference, EspressoReference, SinglePointSpec
+from reactforge.schemas.results import SinglePointResult
+from reactforge.schemas.tasks import CastepReference, EspressoReference, SinglePointSpec
 
 from .context import TaskContext
 from .errors import SCFNotConverged, TaskError, UnphysicalResult

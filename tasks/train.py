@@ -25,8 +25,8 @@ from ase import Atoms
 from ase.data import chemical_symbols
 from ase.io import write
 
-from schemas.results import TrainResult
-from schemas.tasks import GAPModelSpec, MACEModelSpec, ModelRef, TrainSpec
+from reactforge.schemas.results import TrainResult
+from reactforge.schemas.tasks import GAPModelSpec, MACEModelSpec, ModelRef, TrainSpec
 
 from .context import TaskContext
 from .errors import TaskError, TransientError
@@ -494,11 +494,11 @@ def run(spec: TrainSpec, structures: list[Atoms], ctx: TaskContext) -> TrainResu
 
 def _train_mfn(spec, configs: list[Atoms], isolated, workdir: Path, seed: int, device: str):
     """MFN committee (models/mfn): every 10th configuration validates, the rest train; one model per seed."""
-    from models.mfn.train import train_mfn
+    from reactforge.models.mfn.train import train_mfn
 
     seeds = spec.seeds if spec.seeds is not None else [seed + k for k in range(spec.committee_size)]
     valid = configs[::10] if len(configs) >= 10 else []
     train = [a for i, a in enumerate(configs) if len(configs) < 10 or i % 10]
     paths = [Path(train_mfn(spec, train, valid, workdir, device=device, seed=s)) for s in seeds]
     e0 = reference_energies(configs, isolated, use_isolated=False)
-    return paths, list(paths), e0, [f"models.mfn.train.train_mfn(seed={s})" for s in seeds]
+    return paths, list(paths), e0, [f"reactforge.models.mfn.train.train_mfn(seed={s})" for s in seeds]

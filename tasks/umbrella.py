@@ -11,8 +11,8 @@ from ase.geometry import find_mic
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
 
-from schemas.results import UmbrellaWindowResult
-from schemas.tasks import UmbrellaWindowSpec
+from reactforge.schemas.results import UmbrellaWindowResult
+from reactforge.schemas.tasks import UmbrellaWindowSpec
 
 from .context import TaskContext
 from .errors import UnphysicalResult

@@ -25,8 +25,8 @@ from ase.build import bulk, fcc111
 from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 
-from schemas.tasks import GAPModelSpec, MACEModelSpec, ModelRef, SOAPDescriptor, TrainSpec
-from tasks.context import TaskContext
+from reactforge.schemas.tasks import GAPModelSpec, MACEModelSpec, ModelRef, SOAPDescriptor, TrainSpec
+from reactforge.tasks.context import TaskContext
 
 
 def emt_label(atoms: Atoms) -> Atoms:
@@ -83,7 +83,7 @@ def emt_cu_training_set() -> list[Atoms]:
 @pytest.fixture(scope="session")
 def tiny_gap_fit(tmp_path_factory):
     """TrainResult of the tiny GAP (fitted once per session)."""
-    from tasks.train import run
+    from reactforge.tasks.train import run
 
     ctx = TaskContext(workdir=tmp_path_factory.mktemp("tiny_gap"))
     return run(tiny_gap_spec(), [a.copy() for a in _emt_cu_training_set()], ctx)
@@ -113,7 +113,7 @@ def tiny_mace_spec() -> TrainSpec:
 @pytest.fixture(scope="session")
 def tiny_mace_fit(tmp_path_factory):
     """TrainResult of a 2-member MACE committee trained on 5 bulk + 6 slab configurations + the atom."""
-    from tasks.train import run
+    from reactforge.tasks.train import run
 
     full = [a.copy() for a in _emt_cu_training_set()]
     data = full[:5] + full[10:16] + full[-1:]

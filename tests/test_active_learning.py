@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from schemas.loading import read_yaml, validate
-from schemas.site import SiteConfig
-from schemas.tasks import EMTReference, GAPModelSpec, SOAPDescriptor
-from workflows.active_learning import BlockReport, Campaign
-from workflows.engine import Engine
-from workflows.progress import Progress
-from workflows.store import Store
+from reactforge.schemas.loading import read_yaml, validate
+from reactforge.schemas.site import SiteConfig
+from reactforge.schemas.tasks import EMTReference, GAPModelSpec, SOAPDescriptor
+from reactforge.workflows.active_learning import BlockReport, Campaign
+from reactforge.engine.engine import Engine
+from reactforge.engine.progress import Progress
+from reactforge.engine.store import Store
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_training_order_does_not_depend_on_completion_order():
 
     from ase import Atoms
 
-    from workflows.active_learning import canonical_order
+    from reactforge.workflows.active_learning import canonical_order
 
     labels = [Atoms("H", info={"task": f"{k:04x}"}) for k in range(20)]
     shuffled = labels[:]
@@ -103,7 +103,7 @@ class _RecordingEngine:
 def _md_seeds(tmp_path, seed: int) -> list[int]:
     from ase import Atoms
 
-    from schemas.tasks import ModelRef
+    from reactforge.schemas.tasks import ModelRef
 
     engine = _RecordingEngine()
     store = Store(tmp_path / str(seed))

@@ -6,8 +6,8 @@ import pytest
 from ase.constraints import FixAtoms
 from ase.io import write
 
-from schemas.protocol import Protocol, SurfaceSpec, VacancySite, load_protocol
-from workflows.catalysis_build import (
+from reactforge.schemas.protocol import Protocol, SurfaceSpec, VacancySite, load_protocol
+from reactforge.workflows.catalysis_build import (
     atomic_layers,
     build_bulk,
     build_slab,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.mfn.cumulene import (
+from reactforge.models.mfn.cumulene import (
     OUT_11_12,
     OUT_15_16,
     R_CC_INNER_A,

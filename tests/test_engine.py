@@ -9,10 +9,10 @@ import pytest
 from ase import Atoms
 from ase.build import bulk, molecule
 
-from schemas.loading import read_yaml, validate
-from schemas.site import SiteConfig
-from schemas.tasks import EMTReference, EspressoReference, SinglePointSpec, XTBReference
-from workflows.engine import Engine, TaskFailed, classify, task_key
+from reactforge.schemas.loading import read_yaml, validate
+from reactforge.schemas.site import SiteConfig
+from reactforge.schemas.tasks import EMTReference, EspressoReference, SinglePointSpec, XTBReference
+from reactforge.engine.engine import Engine, TaskFailed, classify, task_key
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def test_classification_of_parsl_worker_loss():
     class WorkerLost(Exception):
         pass
 
-    from tasks.errors import SCFNotConverged, TransientError, UnphysicalResult
+    from reactforge.tasks.errors import SCFNotConverged, TransientError, UnphysicalResult
 
     assert classify(WorkerLost()) == "transient"
     assert classify(TransientError()) == "transient"
@@ -125,7 +125,7 @@ def test_htex_executor_runs_tasks_in_worker_processes(tmp_path):
 
 
 def test_model_enters_the_key_by_hash_not_by_location():
-    from schemas.tasks import MDSpec, ModelRef
+    from reactforge.schemas.tasks import MDSpec, ModelRef
 
     cu = bulk("Cu", cubic=True)
     here = MDSpec(model=ModelRef(model="gap", paths=["/a/gap.xml"], sha256="abc"), steps=10)

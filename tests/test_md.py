@@ -1,4 +1,4 @@
-"""tasks.md: MLFF MD interrupted at the first per-atom σ > σ_thr (thesis §3.2), with the tiny GAP."""
+"""reactforge.tasks.md: MLFF MD interrupted at the first per-atom σ > σ_thr (thesis §3.2), with the tiny GAP."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,12 +7,12 @@ from ase.build import fcc111
 from ase.calculators.calculator import Calculator
 from ase.constraints import FixAtoms
 
-from schemas.results import MDResult
-from schemas.tasks import MDSpec
-from tasks import run_task
-from tasks.context import TaskContext
-from tasks.md import run
-from tasks.mlff import load_mlff
+from reactforge.schemas.results import MDResult
+from reactforge.schemas.tasks import MDSpec
+from reactforge.tasks import run_task
+from reactforge.tasks.context import TaskContext
+from reactforge.tasks.md import run
+from reactforge.tasks.mlff import load_mlff
 
 
 def _slab():
@@ -111,7 +111,7 @@ def test_far_from_training_data_breaches_inside_does_not(tiny_gap_model, ctx):
 
 def test_nan_energies_return_last_finite_configuration(tiny_gap_model, ctx, monkeypatch):
     """An MLFF whose energy turns NaN mid-run: the last finite configuration is sampled, as a breach."""
-    import tasks.md as md
+    import reactforge.tasks.md as md
 
     real = md.load_mlff
 

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-import models.mfn  # noqa: F401  (mace before e3nn)
+import reactforge.models.mfn  # noqa: F401  (mace before e3nn)
 from e3nn import o3
 from mace.tools.utils import AtomicNumberTable
 
-from models.mfn import data as mfn_data
-from models.mfn.cumulene import cumulene
-from models.mfn.matrix import BlockBasis, resolvent_function
-from models.mfn.model import MFNConfig, build
+from reactforge.models.mfn import data as mfn_data
+from reactforge.models.mfn.cumulene import cumulene
+from reactforge.models.mfn.matrix import BlockBasis, resolvent_function
+from reactforge.models.mfn.model import MFNConfig, build
 
 Z = AtomicNumberTable([1, 6])
 

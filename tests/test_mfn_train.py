@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-import models.mfn  # noqa: F401  (mace before e3nn)
+import reactforge.models.mfn  # noqa: F401  (mace before e3nn)
 from mace.tools.utils import AtomicNumberTable
 
-from models.mfn import data as mfn_data
-from models.mfn.cumulene import cumulene, label, xtb_calculator
-from models.mfn.model import MFN
-from models.mfn.train import avg_neighbours, data_statistics, fit, mfn_config_from_spec
-from schemas.tasks import MFNModelSpec, ModelRef, TrainSpec
+from reactforge.models.mfn import data as mfn_data
+from reactforge.models.mfn.cumulene import cumulene, label, xtb_calculator
+from reactforge.models.mfn.model import MFN
+from reactforge.models.mfn.train import avg_neighbours, data_statistics, fit, mfn_config_from_spec
+from reactforge.schemas.tasks import MFNModelSpec, ModelRef, TrainSpec
 
 TINY = dict(
     channels=4, max_ell=1, correlation=2, matrix_channels=2, n_poles=2, batch_size=4, lr=1e-2,
@@ -77,9 +77,9 @@ def test_train_task_then_md_through_ase_calculator(labelled, tmp_path):
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
 
-    from tasks import run_task
-    from tasks.context import TaskContext
-    from tasks.mlff import load_mlff
+    from reactforge.tasks import run_task
+    from reactforge.tasks.context import TaskContext
+    from reactforge.tasks.mlff import load_mlff
 
     spec = TrainSpec(model=MFNModelSpec(**TINY, max_num_epochs=3), device="cpu")
     result = run_task(spec, labelled, TaskContext(workdir=tmp_path / "train"))

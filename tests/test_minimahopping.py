@@ -1,4 +1,4 @@
-"""tasks.minimahopping: ASE's MinimaHopping with the MLFF, run in its own working directory."""
+"""reactforge.tasks.minimahopping: ASE's MinimaHopping with the MLFF, run in its own working directory."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,11 +6,11 @@ import pytest
 from ase.build import add_adsorbate, fcc111
 from ase.io import read
 
-from schemas.results import MinimaHoppingResult
-from schemas.tasks import MinimaHoppingSpec
-from tasks.context import TaskContext
-from tasks.minimahopping import run
-from tasks.mlff import load_mlff
+from reactforge.schemas.results import MinimaHoppingResult
+from reactforge.schemas.tasks import MinimaHoppingSpec
+from reactforge.tasks.context import TaskContext
+from reactforge.tasks.minimahopping import run
+from reactforge.tasks.mlff import load_mlff
 
 
 def _adatom_slab():

@@ -1,4 +1,4 @@
-"""tasks.mlff: the MLFF calculators and their per-atom σ, checked against the libraries' own outputs."""
+"""reactforge.tasks.mlff: the MLFF calculators and their per-atom σ, checked against the libraries' own outputs."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,7 @@ from ase.build import bulk, fcc111
 from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
 
-from tasks.mlff import CommitteeCalculator, load_mlff, sigma_per_atom
+from reactforge.tasks.mlff import CommitteeCalculator, load_mlff, sigma_per_atom
 
 
 def _cu_bulk(seed: int = 3):

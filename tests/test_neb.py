@@ -1,4 +1,4 @@
-"""tasks.neb: ASE NEB with the MLFF: Cu adatom hop between hollow sites of Cu(100) (ASE's classic
+"""reactforge.tasks.neb: ASE NEB with the MLFF: Cu adatom hop between hollow sites of Cu(100) (ASE's classic
 diffusion example), IDPP start, climbing image, and the preconditioned spline path (thesis §3.4.2).
 
 The slab is 3 surface spacings long along the hop, so the hop is a third of the cell: in a 2×2 cell the
@@ -14,9 +14,9 @@ from ase.mep import NEB
 from ase.optimize import FIRE
 from pydantic import ValidationError
 
-from schemas.tasks import NEBSpec, OptimiseSpec
-from tasks import neb, optimise
-from tasks.context import TaskContext
+from reactforge.schemas.tasks import NEBSpec, OptimiseSpec
+from reactforge.tasks import neb, optimise
+from reactforge.tasks.context import TaskContext
 
 
 def _adatom_slab(offset):
@@ -135,7 +135,7 @@ def test_bad_input_is_refused(tiny_gap_model, endpoints, tmp_path):
 def test_reference_neb_started_from_the_mlff_band(ci_neb, tmp_path):
     """Validation (thesis §3.4.1): a reference NEB initialised with the MLFF's band reports the projected
     force of that band at step 0 and the steps it needed; its barrier is the reference's."""
-    from schemas.tasks import EMTReference
+    from reactforge.schemas.tasks import EMTReference
 
     _, mlff = ci_neb
     spec = NEBSpec(reference=EMTReference(), n_images=3, fmax_eV_per_A=0.05, fixed_atoms=BOTTOM, max_steps=300)

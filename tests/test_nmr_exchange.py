@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tasks.nmr import exchange
+from reactforge.tasks.nmr import exchange
 
 
 def gutowsky_holm(nu, nu_a, nu_b, k):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from tasks.nmr import exchange, powder, tensors
+from reactforge.tasks.nmr import exchange, powder, tensors
 
 NU0 = tensors.larmor_Hz("17O", 23.5)
 

@@ -7,7 +7,7 @@ from ase.constraints import FixAtoms
 from ase.mep import NEB
 from ase.optimize import BFGS
 
-from tasks.nmr import exchange, rates
+from reactforge.tasks.nmr import exchange, rates
 
 CM1_HZ = 2.99792458e10  # 1 cm⁻¹ in Hz
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from schemas.results import NMRShieldingResult
-from schemas.tasks import NMRShieldingSpec
-from tasks import nmrshielding, run_task
-from tasks.context import TaskContext
-from tasks.references import ReferenceSetupError
+from reactforge.schemas.results import NMRShieldingResult
+from reactforge.schemas.tasks import NMRShieldingSpec
+from reactforge.tasks import nmrshielding, run_task
+from reactforge.tasks.context import TaskContext
+from reactforge.tasks.references import ReferenceSetupError
 
 DATA = next((d for d in (Path(__file__).parent / "data" / "magres",
                          Path(__file__).resolve().parents[2] / "shared" / "data" / "magres") if d.exists()),

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from tasks.nmr import averaging, tensors
+from reactforge.tasks.nmr import averaging, tensors
 
 # real CASTEP outputs: a copy under tests/data/magres, else the shared data folder beside the repository
 DATA = next((d for d in (Path(__file__).parent / "data" / "magres",

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import yaml
 
-from schemas.loading import read_yaml, validate
-from schemas.nmr import NMRProtocol
-from schemas.site import SiteConfig
-from workflows import nmr
-from workflows.engine import Engine
-from workflows.store import Store
+from reactforge.schemas.loading import read_yaml, validate
+from reactforge.schemas.nmr import NMRProtocol
+from reactforge.schemas.site import SiteConfig
+from reactforge.workflows import nmr
+from reactforge.engine.engine import Engine
+from reactforge.engine.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = next((d for d in (ROOT / "tests" / "data" / "magres", ROOT.parent / "shared" / "data" / "magres")
@@ -103,8 +103,8 @@ def test_rates_stage_neb_and_vineyard_with_the_mlff(tmp_path, tiny_gap_model):
     from ase.constraints import FixAtoms
     from ase.optimize import BFGS
 
-    from tasks.mlff import load_mlff
-    from tasks.nmr import exchange
+    from reactforge.tasks.mlff import load_mlff
+    from reactforge.tasks.nmr import exchange
 
     calc = load_mlff(tiny_gap_model)
     minima = []

@@ -1,14 +1,14 @@
-"""tasks.optimise: MLFF relaxation with ASE optimisers, FixAtoms and σ along the trajectory."""
+"""reactforge.tasks.optimise: MLFF relaxation with ASE optimisers, FixAtoms and σ along the trajectory."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from ase.build import fcc111
 
-from schemas.tasks import OptimiseSpec
-from tasks.context import TaskContext
-from tasks.mlff import load_mlff
-from tasks.optimise import run
+from reactforge.schemas.tasks import OptimiseSpec
+from reactforge.tasks.context import TaskContext
+from reactforge.tasks.mlff import load_mlff
+from reactforge.tasks.optimise import run
 
 
 def _rattled_slab():
@@ -66,7 +66,7 @@ def test_reference_relaxation_with_emt(tmp_path):
     """The validation relaxes reaction endpoints on the reference: same task, a reference instead of a model."""
     from ase.calculators.emt import EMT
 
-    from schemas.tasks import EMTReference
+    from reactforge.schemas.tasks import EMTReference
 
     slab = _rattled_slab()
     bottom = [a.index for a in slab if a.tag == 3]
@@ -84,7 +84,7 @@ def test_reference_relaxation_with_emt(tmp_path):
 def test_optimise_needs_exactly_one_potential(tiny_gap_model):
     from pydantic import ValidationError
 
-    from schemas.tasks import EMTReference
+    from reactforge.schemas.tasks import EMTReference
 
     with pytest.raises(ValidationError, match="exactly one"):
         OptimiseSpec()

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from schemas.protocol import load_protocol
-from tasks.context import TaskContext
-from tasks.references import make_calculator
-from workflows import sampling
-from workflows.catalysis_build import build_system, fixed_indices
+from reactforge.schemas.protocol import load_protocol
+from reactforge.tasks.context import TaskContext
+from reactforge.tasks.references import make_calculator
+from reactforge.workflows import sampling
+from reactforge.workflows.catalysis_build import build_system, fixed_indices
 
 from test_cli import ARCHER2_ENV, cli
 

@@ -5,7 +5,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from schemas.protocol import Protocol, load_protocol
+from reactforge.schemas.protocol import Protocol, load_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 

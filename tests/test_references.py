@@ -12,10 +12,10 @@ from ase.build import bulk, fcc111, molecule
 from ase.io import read
 from ase.units import Ry, kB
 
-from schemas.tasks import CastepReference, EspressoReference, SCFFallback, XTBReference
-from tasks.context import TaskContext
-from tasks.errors import SCFNotConverged, TransientError
-from tasks.references import (
+from reactforge.schemas.tasks import CastepReference, EspressoReference, SCFFallback, XTBReference
+from reactforge.tasks.context import TaskContext
+from reactforge.tasks.errors import SCFNotConverged, TransientError
+from reactforge.tasks.references import (
     LaunchedCastep,
     ReferenceFailed,
     ReferenceSetupError,
@@ -320,8 +320,8 @@ def test_code_error_outranks_launcher_noise():
 
 @pytest.mark.skipif(shutil.which("castep.serial") is not None, reason="a CASTEP binary exists here")
 def test_castep_missing_binary_is_a_setup_error(tmp_path):
-    from schemas.tasks import SinglePointSpec
-    from tasks.singlepoint import run
+    from reactforge.schemas.tasks import SinglePointSpec
+    from reactforge.tasks.singlepoint import run
 
     cu = bulk("Cu", "fcc", a=3.6, cubic=True)
     ctx = _ctx(tmp_path)

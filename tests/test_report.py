@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from workflows import report
+from reactforge.workflows import report
 
 
 def _png_ok(path):

@@ -7,8 +7,8 @@ from ase import Atoms
 from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 
-from schemas.tasks import EMTReference
-from workflows import sampling as S
+from reactforge.schemas.tasks import EMTReference
+from reactforge.workflows import sampling as S
 
 
 def emt_forces(atoms):
@@ -72,8 +72,8 @@ def test_reference_forces_through_singlepoint_task(tmp_path):
 
 
 def mgo_vacancy():
-    from schemas.protocol import Protocol
-    from workflows.catalysis_build import build_system
+    from reactforge.schemas.protocol import Protocol
+    from reactforge.workflows.catalysis_build import build_system
 
     p = Protocol.model_validate({
         "name": "m",

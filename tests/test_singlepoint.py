@@ -11,13 +11,13 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.calculator import CalculationFailed, CalculatorSetupError
 
-from schemas.results import SinglePointResult
-from schemas.tasks import EMTReference, EspressoReference, SCFFallback, SinglePointSpec, XTBReference
-from tasks import run_task
-from tasks.context import TaskContext
-from tasks.errors import SCFNotConverged, TransientError, UnphysicalResult
-from tasks.references import ReferenceFailed, ReferenceSetupError, classify_failure, make_calculator
-from tasks.singlepoint import _check_physical, run
+from reactforge.schemas.results import SinglePointResult
+from reactforge.schemas.tasks import EMTReference, EspressoReference, SCFFallback, SinglePointSpec, XTBReference
+from reactforge.tasks import run_task
+from reactforge.tasks.context import TaskContext
+from reactforge.tasks.errors import SCFNotConverged, TransientError, UnphysicalResult
+from reactforge.tasks.references import ReferenceFailed, ReferenceSetupError, classify_failure, make_calculator
+from reactforge.tasks.singlepoint import _check_physical, run
 
 MPI = "mpirun --allow-run-as-root -n 2"
 H_PSEUDO = "H.pbe-kjpaw.UPF"
@@ -110,9 +110,9 @@ def test_xtb_scf_non_convergence_then_fallback(tmp_path):
 def test_reference_optimisation_redoes_an_unconverged_scf_with_the_fallback(tmp_path):
     """Multi-step reference tasks (optimisation, NEB) redo a calculation whose SCF did not converge with
     the fallback settings instead of failing the whole task."""
-    from schemas.tasks import OptimiseSpec
-    from tasks import optimise
-    from tasks.references import SCFFallbackCalculator
+    from reactforge.schemas.tasks import OptimiseSpec
+    from reactforge.tasks import optimise
+    from reactforge.tasks.references import SCFFallbackCalculator
 
     ref = XTBReference(max_iterations=2, fallback=SCFFallback(mixing_beta=0.4, max_scf_steps=250))
     water = molecule("H2O")
@@ -130,7 +130,7 @@ def test_reference_task_energies_do_not_depend_on_the_previous_geometry(tmp_path
     """Each calculation of a multi-step reference task starts from the code's initial guess: the same
     geometry gives the same numbers whatever was calculated before (tblite would restart from the last
     charges; along a quickstart NEB that restart ended 20 eV below the fresh energy)."""
-    from tasks.references import SCFFallbackCalculator
+    from reactforge.tasks.references import SCFFallbackCalculator
 
     ref = XTBReference()
     stretched, water = molecule("H2O"), molecule("H2O")
@@ -150,7 +150,7 @@ def test_reference_task_energies_do_not_depend_on_the_previous_geometry(tmp_path
 def test_an_image_whose_fresh_scf_fails_twice_continues_from_its_last_converged_scf(tmp_path):
     """Last resort of a reference NEB image: fresh SCF and fallback both fail, the image's own last
     converged xTB solution is continued; the calculation after it starts fresh again."""
-    from tasks.references import SCFFallbackCalculator
+    from reactforge.tasks.references import SCFFallbackCalculator
 
     ref = XTBReference()
     water = molecule("H2O")

@@ -6,8 +6,8 @@ import pytest
 from ase.build import bulk, molecule
 from ase.io import read
 
-from schemas.results import SinglePointResult
-from workflows.store import ProtocolMismatch, Store
+from reactforge.schemas.results import SinglePointResult
+from reactforge.engine.store import ProtocolMismatch, Store
 
 
 def _result(atoms, energy=-1.5, stress=True):

@@ -13,10 +13,10 @@ from ase.build import bulk
 from ase.io import read
 
 from conftest import emt_label, tiny_gap_spec
-from schemas.tasks import GAPModelSpec, TrainSpec, TwoBodyDescriptor
-from tasks.context import TaskContext
-from tasks.mlff import load_mlff, sigma_per_atom
-from tasks.train import (
+from reactforge.schemas.tasks import GAPModelSpec, TrainSpec, TwoBodyDescriptor
+from reactforge.tasks.context import TaskContext
+from reactforge.tasks.mlff import load_mlff, sigma_per_atom
+from reactforge.tasks.train import (
     TrainingFailed,
     files_sha256,
     gap_fit_command,
@@ -263,7 +263,7 @@ def test_only_isolated_atoms_is_refused():
 def test_soap_cutoffs_validated():
     from pydantic import ValidationError
 
-    from schemas.tasks import SOAPDescriptor
+    from reactforge.schemas.tasks import SOAPDescriptor
 
     with pytest.raises(ValidationError, match="rcut_soft_A"):
         SOAPDescriptor(rcut_hard_A=3.0, rcut_soft_A=3.5)
@@ -273,7 +273,7 @@ def test_soap_cutoffs_validated():
 
 
 def test_mace_training_file_carries_weights_and_stress():
-    from tasks.train import mace_training_images
+    from reactforge.tasks.train import mace_training_images
 
     images, dimer, _ = _small_set()
     dimer.info.update(energy_weight=0.2, force_weight=0.2)
@@ -309,7 +309,7 @@ def test_mace_committee_trains_and_reports_sigma(tiny_mace_fit, emt_cu_training_
 
 
 def test_mace_foundation_model_must_be_a_local_file(tmp_path, emt_cu_training_set):
-    from schemas.tasks import MACEModelSpec
+    from reactforge.schemas.tasks import MACEModelSpec
 
     spec = TrainSpec(model=MACEModelSpec(foundation_model=str(tmp_path / "missing.model"), committee_size=1))
     with pytest.raises(ValueError, match="foundation_model"):
@@ -319,7 +319,7 @@ def test_mace_foundation_model_must_be_a_local_file(tmp_path, emt_cu_training_se
 def test_mace_committee_seeds_validated():
     from pydantic import ValidationError
 
-    from schemas.tasks import MACEModelSpec
+    from reactforge.schemas.tasks import MACEModelSpec
 
     with pytest.raises(ValidationError, match="seeds must differ"):
         MACEModelSpec(seeds=[3, 3], committee_size=2)
@@ -331,7 +331,7 @@ def test_mace_fine_tunes_a_local_model_file(tiny_mace_fit, emt_cu_training_set, 
     """Fine-tuning (thesis ch. 4) starts from a model file; here one the project trained itself."""
     import torch
 
-    from schemas.tasks import MACEModelSpec
+    from reactforge.schemas.tasks import MACEModelSpec
 
     foundation = tiny_mace_fit.model.paths[0]
     spec = TrainSpec(
@@ -350,8 +350,8 @@ def test_mace_fine_tunes_a_local_model_file(tiny_mace_fit, emt_cu_training_set, 
 
 
 def test_a_fitter_killed_by_a_signal_is_transient(tmp_path):
-    from tasks.errors import TransientError
-    from tasks.train import _run_all_logged
+    from reactforge.tasks.errors import TransientError
+    from reactforge.tasks.train import _run_all_logged
 
     with pytest.raises(TransientError, match="exited with -9"):
         _run_all_logged([(["sh", "-c", "echo fitting; kill -9 $$"], tmp_path, tmp_path / "fit.log")], {})
@@ -363,8 +363,8 @@ def test_pair_terms_only_for_pairs_in_the_data():
     """gap_fit stops on a distance_2b term without data: an H E0 label alone must not create H-H."""
     from ase import Atoms
 
-    from schemas.tasks import GAPModelSpec, TwoBodyDescriptor
-    from tasks.train import distance_2b_terms, pairs_within
+    from reactforge.schemas.tasks import GAPModelSpec, TwoBodyDescriptor
+    from reactforge.tasks.train import distance_2b_terms, pairs_within
 
     cu2 = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]], cell=[10, 10, 10], pbc=True)
     cuh = Atoms("CuH", positions=[[0, 0, 0], [0, 0, 6.0]], cell=[15, 15, 15], pbc=True)  # H beyond the cut-off

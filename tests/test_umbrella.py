@@ -1,4 +1,4 @@
-"""tasks.umbrella: one umbrella window, MD under a two-sided harmonic restraint on d(i, j)."""
+"""reactforge.tasks.umbrella: one umbrella window, MD under a two-sided harmonic restraint on d(i, j)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,10 +7,10 @@ from ase.build import add_adsorbate, fcc111
 from ase.calculators.emt import EMT
 from pydantic import ValidationError
 
-from schemas.results import UmbrellaWindowResult
-from schemas.tasks import UmbrellaWindowSpec
-from tasks.context import TaskContext
-from tasks.umbrella import DistanceRestraint, run
+from reactforge.schemas.results import UmbrellaWindowResult
+from reactforge.schemas.tasks import UmbrellaWindowSpec
+from reactforge.tasks.context import TaskContext
+from reactforge.tasks.umbrella import DistanceRestraint, run
 
 ADATOM, SURFACE = 12, 8  # adatom and one of the three top-layer atoms under its fcc hollow
 

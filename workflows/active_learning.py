@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ase import Atoms
 
-from schemas.tasks import MDSpec, ModelRef, SinglePointSpec, TrainSpec
+from reactforge.schemas.tasks import MDSpec, ModelRef, SinglePointSpec, TrainSpec
 
 # MD seeds are SEED_STRIDE × protocol seed + 1000 × iteration + run index: seed 0 keeps its old
 # trajectories, and another protocol seed shares none of them

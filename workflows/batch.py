@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ase.io import read
 
-from .engine import TaskFailed
+from reactforge.engine.engine import TaskFailed
 
 
 def read_structures(base: Path, names: list[str]):

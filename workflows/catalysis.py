@@ -14,8 +14,8 @@ from concurrent.futures import Future, wait
 import numpy as np
 from ase import Atoms
 
-from schemas.protocol import BLOCK_NAMES
-from schemas.tasks import MDSpec, NEBSpec, OptimiseSpec, SinglePointSpec
+from reactforge.schemas.protocol import BLOCK_NAMES
+from reactforge.schemas.tasks import MDSpec, NEBSpec, OptimiseSpec, SinglePointSpec
 
 from . import catalysis_build as build
 from . import sampling

@@ -16,7 +16,7 @@ from ase.build import make_supercell, surface
 from ase.constraints import FixAtoms
 from ase.io import read
 
-from schemas.protocol import (
+from reactforge.schemas.protocol import (
     AtomSite,
     BulkSpec,
     Fragment,

@@ -20,9 +20,9 @@ import numpy as np
 from ase import Atoms
 from ase.io import read
 
-from schemas.tasks import MDSpec, MinimaHoppingSpec, ModelRef, NEBSpec, NMRShieldingSpec
-from tasks.nmr import averaging, exchange, rates, spectra, tensors
-from workflows.engine import TaskFailed
+from reactforge.schemas.tasks import MDSpec, MinimaHoppingSpec, ModelRef, NEBSpec, NMRShieldingSpec
+from reactforge.tasks.nmr import averaging, exchange, rates, spectra, tensors
+from reactforge.engine.engine import TaskFailed
 
 
 def plan(protocol) -> list[str]:
@@ -60,7 +60,7 @@ class NMRWorkflow:
             protocol._base_dir = Path(store.protocol_dir)
         self.model = None
         if protocol.model is not None:
-            from tasks.train import files_sha256
+            from reactforge.tasks.train import files_sha256
 
             paths = [str(protocol.path(x)) for x in protocol.model.paths]
             self.model = ModelRef(model=protocol.model.model, paths=paths, uncertainty=protocol.model.uncertainty,
@@ -165,7 +165,7 @@ class NMRWorkflow:
             if r.populations is not None:
                 p_eq = np.asarray(r.populations, float) / np.sum(r.populations)
             elif self.model is not None:
-                from tasks.mlff import load_mlff
+                from reactforge.tasks.mlff import load_mlff
 
                 calc = load_mlff(self.model)
                 p_eq = rates.harmonic_populations([_energy(m, calc) for m in minima], None, r.temperature_K)
@@ -174,7 +174,7 @@ class NMRWorkflow:
             K = exchange.detailed_balance_rate_matrix(p_eq, {(i, j): k for i, j, k in r.rates_Hz})
             return K, p_eq, [{"i": i, "j": j, "k_Hz": k, "source": "given"} for i, j, k in r.rates_Hz]
 
-        from tasks.mlff import load_mlff
+        from reactforge.tasks.mlff import load_mlff
 
         self.progress.set_stage(f"NEB between {n * (n - 1) // 2} minima pairs")
         spec = NEBSpec(model=self.model, n_images=r.n_images, fmax_eV_per_A=r.fmax_eV_per_A,

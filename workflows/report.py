@@ -261,7 +261,7 @@ def parity_rows(training_set: Sequence, model) -> dict | None:
     """MLFF vs reference on the labelled structures (energies per atom, force components).
 
     Isolated atoms are left out: they set the E0s rather than being fitted configurations."""
-    from tasks.mlff import load_mlff
+    from reactforge.tasks.mlff import load_mlff
 
     calc = load_mlff(model)
     e_ref, e_ml, f_ref, f_ml = [], [], [], []

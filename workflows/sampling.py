@@ -144,9 +144,9 @@ def reference_forces_fn(reference, workdir) -> Callable[[Atoms], np.ndarray]:
     """Forces of one structure under a reference spec, through the single-point task."""
     from pathlib import Path
 
-    from schemas.tasks import SinglePointSpec
-    from tasks.context import TaskContext
-    from tasks.singlepoint import run
+    from reactforge.schemas.tasks import SinglePointSpec
+    from reactforge.tasks.context import TaskContext
+    from reactforge.tasks.singlepoint import run
 
     spec = SinglePointSpec(reference=reference, max_force_eV_per_A=1e4)
     ctx = TaskContext(workdir=Path(workdir))

@@ -5,9 +5,9 @@ import importlib
 
 WORKFLOWS = {
     # workflow name: (schema "module:Class", workflow module with plan() and run())
-    "tasks": ("schemas.batch:BatchProtocol", "workflows.batch"),
-    "catalysis": ("schemas.protocol:Protocol", "workflows.catalysis"),
-    "nmr": ("schemas.nmr:NMRProtocol", "workflows.nmr"),
+    "tasks": ("reactforge.schemas.batch:BatchProtocol", "reactforge.workflows.batch"),
+    "catalysis": ("reactforge.schemas.protocol:Protocol", "reactforge.workflows.catalysis"),
+    "nmr": ("reactforge.schemas.nmr:NMRProtocol", "reactforge.workflows.nmr"),
 }
 DEFAULT = "catalysis"
 

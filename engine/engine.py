@@ -24,10 +24,10 @@ from pathlib import Path
 from ase import Atoms
 from pydantic import TypeAdapter
 
-from schemas.base import atoms_to_text
-from schemas.results import TaskResult
-from schemas.site import SiteConfig
-from schemas.tasks import TaskSpec
+from reactforge.schemas.base import atoms_to_text
+from reactforge.schemas.results import TaskResult
+from reactforge.schemas.site import SiteConfig
+from reactforge.schemas.tasks import TaskSpec
 
 from .journal import Journal, dumps
 
@@ -90,9 +90,9 @@ class TaskFailed(Exception):
 
 def execute(spec_json: str, structures_text: list[str], ctx: dict) -> str:
     """What runs on the worker: JSON in, JSON out (safe to ship to any executor)."""
-    from schemas.base import atoms_from_text
-    from tasks import run_task
-    from tasks.context import TaskContext
+    from reactforge.schemas.base import atoms_from_text
+    from reactforge.tasks import run_task
+    from reactforge.tasks.context import TaskContext
 
     spec = _SPEC.validate_json(spec_json)
     structures = [atoms_from_text(t) for t in structures_text]
@@ -102,7 +102,7 @@ def execute(spec_json: str, structures_text: list[str], ctx: dict) -> str:
 
 
 def classify(exc: BaseException) -> str:
-    from tasks.errors import TaskError
+    from reactforge.tasks.errors import TaskError
 
     if isinstance(exc, TaskError):
         return exc.failure_class

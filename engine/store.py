@@ -25,7 +25,7 @@ from ase import Atoms
 from ase.db import connect
 from ase.io import write
 
-from schemas.results import SinglePointResult
+from reactforge.schemas.results import SinglePointResult
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from schemas.site import ExecutorConfig, SiteConfig
+from reactforge.schemas.site import ExecutorConfig, SiteConfig
 
 
 def _provider(cfg: ExecutorConfig):
