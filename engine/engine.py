@@ -2,7 +2,7 @@
 
     future = engine.submit(spec, structures)      # -> concurrent.futures.Future[result model]
 
-Each spec goes to the executor its kind maps to in the site config. The key of a task is a hash of
+Each spec goes to the site's executor for what it computes (its resource, schemas/kinds.py). The key of a task is a hash of
 its canonical spec JSON, its input structures and the versions of the codes that compute it (the
 model identity is inside the spec as ModelRef.sha256). A key found done in the journal is answered
 from there without touching Parsl. Failures are classified (tasks/errors.py):
@@ -25,9 +25,8 @@ from ase import Atoms
 from pydantic import TypeAdapter
 
 from reactforge.schemas.base import atoms_to_text
-from reactforge.schemas.results import TaskResult
+from reactforge.schemas.kinds import KINDS, TaskResult, TaskSpec
 from reactforge.schemas.site import SiteConfig
-from reactforge.schemas.tasks import TaskSpec
 
 from .journal import Journal, dumps
 
@@ -42,14 +41,6 @@ _PARSL_TRANSIENT = {"WorkerLost", "ManagerLost", "BadStateException", "ScalingFa
 # fallback included, were already spent); transient failures and unclassified errors are run again.
 _FINAL = ("scf", "unphysical")
 
-_CODES = {
-    "singlepoint": ("ase", "tblite"),
-    "nmrshielding": ("ase", "soprano"),
-    "train": ("ase", "quippy-ase", "mace-torch", "torch"),
-}
-_MLFF_CODES = ("ase", "quippy-ase", "mace-torch", "torch")
-
-
 def _version(dist: str) -> str:
     try:
         return metadata.version(dist)
@@ -58,7 +49,7 @@ def _version(dist: str) -> str:
 
 
 def code_versions(kind: str) -> dict[str, str]:
-    names = ("reactforge", "numpy") + _CODES.get(kind, _MLFF_CODES)
+    names = ("reactforge", "numpy") + KINDS[kind].codes
     return {n: _version(n) for n in names}
 
 
@@ -113,8 +104,7 @@ def classify(exc: BaseException) -> str:
 
 @dataclass
 class _Counts:
-    queued: int = 0
-    running: int = 0
+    queued: int = 0  # submitted, not settled (the running ones are counted from Parsl's records)
     done: int = 0
     failed: int = 0
     cached: int = 0
@@ -126,6 +116,7 @@ class _Pending:
     spec: object
     structures_text: list[str]
     label: str
+    resource: str
     outer: Future
     attempts: int = 0
     fallback_used: bool = False
@@ -185,7 +176,8 @@ class Engine:
         structures = list(structures)
         texts = structure_texts(structures)  # serialised once: for the key and for the worker
         key = task_key(spec, structures, texts)
-        label = self.site.task_executors[spec.kind]
+        resource = KINDS[spec.kind].resource_of(spec)
+        label = self.site.executor_for(resource)
         outer: Future = Future()
         outer.key = key  # the task's identity, for provenance (labels record it)
         cached = self.journal.result(key)
@@ -203,7 +195,7 @@ class Engine:
         with self._lock:
             if key in self._pending:  # the same task twice in flight: share one execution
                 return self._pending[key].outer
-            job = _Pending(key, spec, texts, label, outer)
+            job = _Pending(key, spec, texts, label, resource, outer)
             self._pending[key] = job
             self._counts[label].queued += 1
         self.journal.submitted(key, spec.kind, label, spec.model_dump_json())
@@ -215,7 +207,7 @@ class Engine:
 
     def _context(self, job: _Pending) -> dict:
         ex = self.site.executors[job.label]
-        reference = job.spec.kind in ("singlepoint", "nmrshielding")
+        reference = job.resource == "reference"
         return {
             "workdir": str(self.run_dir / "tasks" / job.spec.kind / job.key[:16]),
             "launch": self.site.reference_launch if reference else "",

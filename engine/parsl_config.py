@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reactforge.schemas.kinds import RESOURCES
 from reactforge.schemas.site import ExecutorConfig, SiteConfig
 
 
@@ -69,7 +70,9 @@ def describe(site: SiteConfig) -> list[str]:
     """One line per executor: what `--check` says it would start."""
     lines = []
     for label, cfg in site.executors.items():
-        kinds = [k for k, v in site.task_executors.items() if v == label]
+        kinds = [r for r in RESOURCES if r in site.resources and site.executor_for(r) == label]
+        if "training_cpu" not in site.resources and site.executor_for("training_cpu") == label:
+            kinds.append("training_cpu")
         p = cfg.provider
         where = "in-process threads" if cfg.type == "threads" else (
             f"HTEX on local provider ({cfg.max_workers} workers)" if p.type == "local" else

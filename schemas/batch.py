@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr
 
 from .base import Strict
-from .tasks import TaskSpec
+from .kinds import TaskSpec
 
 
 class Job(Strict):

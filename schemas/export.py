@@ -10,7 +10,7 @@ from .batch import BatchProtocol
 from .nmr import NMRProtocol
 from .protocol import Protocol
 from .site import SiteConfig
-from .tasks import TaskSpec
+from .kinds import TaskSpec
 
 SCHEMAS = {
     "catalysis-protocol": Protocol,

@@ -1,7 +1,7 @@
 """Task results. Structures travel as AtomsField (extxyz text in JSON), so every result is journaled."""
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Literal
 
 from pydantic import Field
 
@@ -102,18 +102,3 @@ class TrainResult(Strict):
     wall_s: float = 0.0
     e0_eV: dict[str, float] = Field(default_factory=dict, description="element -> isolated-atom energy used")
     commands: list[str] = Field(default_factory=list, description="gap_fit / mace_run_train command lines")
-
-
-TaskResult = Annotated[
-    Union[
-        SinglePointResult,
-        MDResult,
-        OptimiseResult,
-        NEBResult,
-        MinimaHoppingResult,
-        UmbrellaWindowResult,
-        NMRShieldingResult,
-        TrainResult,
-    ],
-    Field(discriminator="kind"),
-]

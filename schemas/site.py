@@ -1,4 +1,4 @@
-"""Site configuration: which Parsl executors exist and which task kind runs on which.
+"""Site configuration: which Parsl executors exist and which of them runs what a task computes.
 
 A site file is plain YAML a user writes for their cluster. `${VAR}` in any string is replaced by the
 environment variable VAR when the file is loaded (budget codes never live in the repository).
@@ -10,7 +10,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, model_validator
 
 from .base import Strict
-from .tasks import TASK_KINDS
+from .kinds import RESOURCES
 
 
 class LocalProviderConfig(Strict):
@@ -65,19 +65,34 @@ class ExecutorConfig(Strict):
 class SiteConfig(Strict):
     name: str
     executors: dict[str, ExecutorConfig] = Field(..., min_length=1)
-    task_executors: dict[str, str] = Field(..., description="task kind -> executor label")
+    resources: dict[Literal["reference", "mlff", "training", "training_cpu"], str] = Field(
+        ...,
+        description="executor label for what a task computes: reference (reference-code calls: single points, "
+        "reference optimisations and NEBs, shieldings), mlff (force-field simulations), training (MACE/MFN "
+        "fits), training_cpu (gap_fit; default: the mlff executor)",
+    )
     reference_launch: str = Field("", description="MPI launch prefix for reference codes (pw.x, castep)")
     reference_env: dict[str, str] = Field(default_factory=dict, description="e.g. OMP_NUM_THREADS: '1'")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _task_executors_were_replaced(cls, data):
+        if isinstance(data, dict) and "task_executors" in data:
+            raise ValueError("task_executors (task kind -> executor) was replaced by resources "
+                             f"({', '.join(RESOURCES)} -> executor): work is routed by what it computes")
+        return data
+
     @model_validator(mode="after")
-    def _every_kind_has_an_executor(self):
-        unknown = set(self.task_executors) - set(TASK_KINDS)
-        if unknown:
-            raise ValueError(f"task_executors: unknown task kinds {sorted(unknown)}; known: {list(TASK_KINDS)}")
-        missing = [k for k in TASK_KINDS if k not in self.task_executors]
+    def _every_resource_has_an_executor(self):
+        missing = [r for r in ("reference", "mlff", "training") if r not in self.resources]
         if missing:
-            raise ValueError(f"task_executors: no executor for task kinds {missing}")
-        bad = {k: v for k, v in self.task_executors.items() if v not in self.executors}
+            raise ValueError(f"resources: no executor for {missing}")
+        bad = {k: v for k, v in self.resources.items() if v not in self.executors}
         if bad:
-            raise ValueError(f"task_executors: labels not defined under executors: {bad}")
+            raise ValueError(f"resources: labels not defined under executors: {bad}")
         return self
+
+    def executor_for(self, resource: str) -> str:
+        if resource == "training_cpu" and resource not in self.resources:
+            return self.resources["mlff"]
+        return self.resources[resource]

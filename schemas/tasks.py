@@ -1,7 +1,7 @@
 """Task specifications: the contract between workflows, the engine and tasks/.
 
-Every spec is a Pydantic model with a literal `kind`; `TaskSpec` is the discriminated union the engine
-accepts. Defaults are the thesis's production values (chapter 3, appendix A) unless a comment says why
+Every spec is a Pydantic model with a literal `kind`; schemas/kinds.py registers each kind and derives
+`TaskSpec`, the discriminated union the engine accepts. Defaults are the thesis's production values (chapter 3, appendix A) unless a comment says why
 not. Units are in the field names: _eV, _A (Å), _fs, _K, _Ry, _per_A (Å⁻¹).
 """
 from __future__ import annotations
@@ -436,29 +436,3 @@ class TrainSpec(TaskBase):
     model: ModelSpec = GAPModelSpec()
     device: Literal["cpu", "cuda", "auto"] = "auto"
     seed: int = 0
-
-
-TaskSpec = Annotated[
-    Union[
-        SinglePointSpec,
-        MDSpec,
-        OptimiseSpec,
-        NEBSpec,
-        MinimaHoppingSpec,
-        UmbrellaWindowSpec,
-        NMRShieldingSpec,
-        TrainSpec,
-    ],
-    Field(discriminator="kind"),
-]
-
-TASK_KINDS = (
-    "singlepoint",
-    "md",
-    "optimise",
-    "neb",
-    "minimahopping",
-    "umbrellawindow",
-    "nmrshielding",
-    "train",
-)

@@ -8,21 +8,12 @@ import importlib
 
 from ase import Atoms
 
-from .context import TaskContext
+from reactforge.schemas.kinds import KINDS
 
-MODULES = {
-    "singlepoint": "reactforge.tasks.singlepoint",
-    "md": "reactforge.tasks.md",
-    "optimise": "reactforge.tasks.optimise",
-    "neb": "reactforge.tasks.neb",
-    "minimahopping": "reactforge.tasks.minimahopping",
-    "umbrellawindow": "reactforge.tasks.umbrella",
-    "nmrshielding": "reactforge.tasks.nmrshielding",
-    "train": "reactforge.tasks.train",
-}
+from .context import TaskContext
 
 
 def run_task(spec, structures: list[Atoms], ctx: TaskContext):
     """Run one task spec on its input structures; returns the kind's result model."""
-    module = importlib.import_module(MODULES[spec.kind])
+    module = importlib.import_module(f"{__name__}.{KINDS[spec.kind].module}")
     return module.run(spec, [a.copy() for a in structures], ctx)

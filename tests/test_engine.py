@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk, molecule
+from ase.calculators.emt import EMT
 
 from reactforge.schemas.loading import read_yaml, validate
 from reactforge.schemas.site import SiteConfig
@@ -62,7 +63,8 @@ def test_unphysical_result_is_discarded_and_the_rest_goes_on(tmp_path):
         with pytest.raises(TaskFailed) as err:
             bad_f.result()
         assert err.value.failure_class == "unphysical"
-        assert good_f.result().energy_eV == pytest.approx(good_f.result().energy_eV)
+        good.calc = EMT()
+        assert good_f.result().energy_eV == pytest.approx(good.get_potential_energy(), abs=1e-10)
     rows = sorted(journal_rows(tmp_path), key=lambda r: r[1])
     assert rows[0][1] == "done" and rows[1][1:] == ("failed", 1, "unphysical")
 
@@ -144,3 +146,51 @@ def test_final_failures_are_not_run_again_on_resume(tmp_path):
             assert err.value.failure_class == "unphysical"
     assert engine.reference_calls == 0  # second time: from the journal
     assert journal_rows(tmp_path) == [("singlepoint", "failed", 1, "unphysical")]
+
+
+def _two_pool_site(**extra):
+    """Reference work and MLFF work in separate thread pools, as a cluster site separates node types."""
+    return validate("two-pools", {
+        "name": "two-pools",
+        "executors": {"dft": {"type": "threads"}, "ml": {"type": "threads"}, "gpu": {"type": "threads"}},
+        "resources": {"reference": "dft", "mlff": "ml", "training": "gpu"},
+        **extra,
+    }, SiteConfig)
+
+
+def test_work_is_routed_by_what_it_computes():
+    from reactforge.schemas.kinds import KINDS
+    from reactforge.schemas.tasks import MACEModelSpec, ModelRef, NEBSpec, OptimiseSpec, TrainSpec
+
+    s = _two_pool_site()
+    model = ModelRef(model="gap", paths=["/a/gap.xml"], sha256="abc")
+
+    def executor(spec):
+        return s.executor_for(KINDS[spec.kind].resource_of(spec))
+
+    assert executor(SinglePointSpec(reference=XTBReference())) == "dft"
+    assert executor(NEBSpec(reference=EMTReference())) == executor(OptimiseSpec(reference=EMTReference())) == "dft"
+    assert executor(NEBSpec(model=model)) == executor(OptimiseSpec(model=model)) == "ml"
+    assert executor(TrainSpec(model=MACEModelSpec())) == "gpu"
+    assert executor(TrainSpec()) == "ml"  # gap_fit is CPU-only: the MLFF pool unless training_cpu is set
+    with pytest.raises(Exception, match="task_executors .* was replaced by resources"):
+        validate("old", {"name": "old", "executors": {"t": {"type": "threads"}}, "task_executors": {"md": "t"}},
+                 SiteConfig)
+
+
+@needs_qe
+@pytest.mark.qe
+def test_reference_neb_runs_on_the_reference_executor_with_the_launch_prefix(tmp_path):
+    """pw.x inside a validation NEB is started like a reference single point: the reference pool and
+    the site's launch prefix (here one that kills it after 0.2 s, so the NEB fails)."""
+    from reactforge.schemas.tasks import NEBSpec
+
+    a, b = _h2(), _h2()
+    b.positions[1, 2] += 0.1
+    spec = NEBSpec(reference=_qe(), n_images=1, max_steps=2, max_retries=0)
+    launch = "timeout -s KILL 0.2 mpirun --allow-run-as-root -n 1"
+    with Engine(_two_pool_site(reference_launch=launch), tmp_path) as engine:
+        with pytest.raises(TaskFailed) as err:
+            engine.run(spec, [a, b])
+        assert engine.stats()["dft"]["failed"] == 1 and engine.stats()["ml"]["failed"] == 0
+    assert "'timeout', '-s', 'KILL', '0.2', 'mpirun'" in err.value.message and "pw.x" in err.value.message
