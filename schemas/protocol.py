@@ -224,8 +224,7 @@ class Block3AdsorbateSeed(MDBlock):
         "adsorbate_surface",
         description="'adsorbate_surface': pairs with at least one adsorbate element (H2 on ZnO: H-H, H-O, "
         "H-Zn), the short-range repulsion a GAP cannot extrapolate; 'adsorbate': pairs of adsorbate "
-        "elements only, as thesis Table A.1 (C, H, O -> 24 dimers). Without the H-O and H-Zn dimers the "
-        "quickstart's GAP put NEB images 8-20 eV below their ends (atoms inside one another)",
+        "elements only, as thesis Table A.1 (C, H, O -> 24 dimers); see the README for what that costs",
     )
     dimer_max_force_eV_per_A: float = Field(20.0, gt=0, description="shortest dimer: reference force at most this")
     dimer_max_distance_A: float = Field(
@@ -292,14 +291,13 @@ class Block6NEB(Strict):
     energy_criterion_eV: float = Field(0.05, gt=0, description="|E_MLFF − E_ref| on every sampled image")
     label_endpoints: bool = Field(
         False, description="also label the band's two ends every iteration (MLFF minima, re-relaxed with each "
-        "model); thesis Table A.1 counts the interior images only (292 labels ≈ 6 iterations × 5 reactions × 10). "
-        "Without them the per-iteration reference barrier is not known; the validation gives it"
+        "model); thesis Table A.1 counts the interior images only. Without them the per-iteration reference "
+        "barrier is not known; the validation gives it"
     )
     warm_start: bool = Field(
         False, description="from the 2nd iteration, start each permutation's band from its band of the previous "
         "iteration (interior images, ends re-relaxed) instead of interpolating again. Faster, but a band that "
-        "went astray stays astray: in one quickstart repeat the heterolytic bands climbed to 1-4 eV and block 6 "
-        "settled on a 0.98 eV path where interpolated bands find 0.13 eV"
+        "went astray stays astray (README: measured)"
     )
     max_iterations: int = Field(20, ge=1)
 
