@@ -73,6 +73,11 @@ def task_key(spec, structures: list[Atoms], texts: list[str] | None = None) -> s
     return h.hexdigest()
 
 
+class EngineStopped(Exception):
+    """The engine could not record a task (a full disk, a lost journal): the run stops here, and the
+    journal holds everything recorded before, so the same command resumes it."""
+
+
 class TaskFailed(Exception):
     def __init__(self, key: str, kind: str, failure_class: str, message: str):
         self.key, self.kind, self.failure_class, self.message = key, kind, failure_class, message
@@ -135,6 +140,7 @@ class Engine:
         self._pending: dict[str, _Pending] = {}
         self._counts = {label: _Counts() for label in site.executors}
         self.reference_calls = 0
+        self.stopped: EngineStopped | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def _start(self):
@@ -172,7 +178,9 @@ class Engine:
     def submit(self, spec, structures: list[Atoms]) -> Future:
         """Run `spec` on `structures` somewhere; the future gives the result model or raises TaskFailed.
 
-        `future.key` is the task's content hash."""
+        `future.key` is the task's content hash. Raises EngineStopped once a result could not be recorded."""
+        if self.stopped is not None:
+            raise self.stopped
         structures = list(structures)
         texts = structure_texts(structures)  # serialised once: for the key and for the worker
         key = task_key(spec, structures, texts)
@@ -227,6 +235,17 @@ class Engine:
         fut.add_done_callback(lambda f, job=job: self._finished(job, f))
 
     def _finished(self, job: _Pending, fut):
+        try:
+            self._record(job, fut)
+        except BaseException as err:  # noqa: BLE001 - an exception escaping a callback is lost, its future never resolves
+            self.stopped = EngineStopped(f"could not record {job.spec.kind} task {job.key[:12]}: "
+                                         f"{type(err).__name__}: {err}")
+            with self._lock:
+                self._pending.pop(job.key, None)
+            if not job.outer.done():
+                job.outer.set_exception(self.stopped)
+
+    def _record(self, job: _Pending, fut):
         exc = fut.exception()
         if exc is None:
             try:

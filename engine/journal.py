@@ -52,7 +52,8 @@ class Journal:
         with self._lock:
             self._db.execute(
                 "INSERT INTO tasks(hash, kind, executor, status, spec, submitted_at) VALUES (?,?,?,?,?,?) "
-                "ON CONFLICT(hash) DO UPDATE SET status='submitted', executor=excluded.executor",
+                "ON CONFLICT(hash) DO UPDATE SET status='submitted', executor=excluded.executor "
+                "WHERE tasks.status != 'done'",  # a finished task stays finished (two submitters, a replay)
                 (key, kind, executor, "submitted", spec_json, time.time()),
             )
 

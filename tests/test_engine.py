@@ -13,7 +13,7 @@ from ase.calculators.emt import EMT
 from reactforge.schemas.loading import read_yaml, validate
 from reactforge.schemas.site import SiteConfig
 from reactforge.schemas.tasks import EMTReference, EspressoReference, SinglePointSpec, XTBReference
-from reactforge.engine.engine import Engine, TaskFailed, classify, task_key
+from reactforge.engine.engine import Engine, EngineStopped, TaskFailed, classify, task_key
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -194,3 +194,32 @@ def test_reference_neb_runs_on_the_reference_executor_with_the_launch_prefix(tmp
             engine.run(spec, [a, b])
         assert engine.stats()["dft"]["failed"] == 1 and engine.stats()["ml"]["failed"] == 0
     assert "'timeout', '-s', 'KILL', '0.2', 'mpirun'" in err.value.message and "pw.x" in err.value.message
+
+
+@pytest.mark.timeout(120)
+def test_a_journal_that_cannot_be_written_stops_the_engine_instead_of_hanging(tmp_path):
+    """Disk full while recording a result: the waiting workflow gets EngineStopped, and so does every
+    later submission, so the run ends with that message instead of waiting forever."""
+    spec = SinglePointSpec(reference=EMTReference())
+    with Engine(site(), tmp_path) as engine:
+        def full(*_args):
+            raise OSError(28, "No space left on device")
+
+        engine.journal.done = full
+        fut = engine.submit(spec, [bulk("Cu", cubic=True)])
+        with pytest.raises(EngineStopped, match="No space left on device"):
+            fut.result(timeout=60)
+        with pytest.raises(EngineStopped):
+            engine.submit(spec, [bulk("Cu", a=3.7, cubic=True)])
+
+
+def test_a_done_task_is_never_marked_submitted_again(tmp_path):
+    from reactforge.engine.journal import Journal
+
+    journal = Journal(tmp_path / "journal.db")
+    journal.submitted("k", "singlepoint", "threads", "{}")
+    journal.done("k", '{"x": 1}')
+    journal.submitted("k", "singlepoint", "threads", "{}")  # a second coordinator, or a replay
+    assert journal.result("k") == '{"x": 1}'
+    assert journal.counts() == {"singlepoint": {"done": 1}}
+    journal.close()
