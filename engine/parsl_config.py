@@ -1,6 +1,8 @@
 """SiteConfig -> parsl.Config. Parsl's providers write the SLURM scripts; we only pass settings."""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from reactforge.schemas.kinds import RESOURCES
@@ -41,8 +43,18 @@ def build_executor(label: str, cfg: ExecutorConfig, run_dir: Path):
 
     if cfg.type == "threads":
         return ThreadPoolExecutor(label=label, max_threads=cfg.max_workers)
+    from parsl.executors.high_throughput.executor import DEFAULT_INTERCHANGE_LAUNCH_CMD, DEFAULT_LAUNCH_CMD
+
+    # interchange and local worker pools die with the coordinator (engine/guard.py); pools on cluster
+    # nodes go when the interchange does (their heartbeats stop answering)
+    guard = [sys.executable, "-m", "reactforge.engine.guard"]
+    launch_cmd = DEFAULT_LAUNCH_CMD
+    if cfg.provider.type == "local":
+        launch_cmd = " ".join(guard + ["--watch", str(os.getpid()), "--", DEFAULT_LAUNCH_CMD])
     return HighThroughputExecutor(
         label=label,
+        interchange_launch_cmd=guard + ["--", *DEFAULT_INTERCHANGE_LAUNCH_CMD],
+        launch_cmd=launch_cmd,
         address=cfg.address,
         max_workers_per_node=cfg.max_workers,
         cores_per_worker=cfg.cores_per_worker,
