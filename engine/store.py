@@ -9,7 +9,10 @@
       summary.json                     results for people and scripts
       report/                          figures and index.html
 
-Only successful reference results reach `add_label`; everything is written to a temporary name first.
+Only successful reference results reach `add_label`. Every file is written through `atomic_file`: to a
+temporary name beside its destination, renamed over it (os.replace) only once complete, so a reader or a
+killed coordinator never sees half a file. Workflows write nothing themselves; they hand their data and
+figures to the store (`write_json`, `write_xyz`, `write_text`, `write_bytes`, `atomic_path`).
 """
 from __future__ import annotations
 
@@ -18,6 +21,9 @@ import json
 import os
 import shutil
 import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +34,33 @@ from ase.io import write
 from reactforge.schemas.results import SinglePointResult
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+@contextmanager
+def atomic_file(path: Path | str) -> Iterator[Path]:
+    """The one way files are written: yields a temporary path beside `path` (same folder, same suffix, so
+    writers that go by the extension still do); when the block ends without error it is renamed over
+    `path`, otherwise removed. Parent folders are made. The temporary name is unique per call, so threads
+    writing the same file do not collide; the last rename wins."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: Path | str, text: str) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def sha256_text(text: str) -> str:
@@ -128,12 +155,28 @@ class Store:
 
     def write_xyz(self, name: str, frames: list[Atoms]) -> Path:
         """Structures as extxyz at run_dir/name (subdirectories made), written atomically."""
-        path = self.run_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        write(tmp, frames, format="extxyz")
-        os.replace(tmp, path)
-        return path
+        with self.atomic_path(name) as tmp:
+            write(tmp, frames, format="extxyz")
+        return self.run_dir / name
+
+    # ------------------------------------------------------------------ files
+    @property
+    def report_dir(self) -> Path:
+        """report/: figures and index.html."""
+        return self.run_dir / "report"
+
+    @contextmanager
+    def atomic_path(self, name: str) -> Iterator[Path]:
+        """A temporary path to write run_dir/name to (e.g. a figure's savefig); renamed into place when
+        the block ends without error."""
+        with atomic_file(self.run_dir / name) as tmp:
+            yield tmp
+
+    def write_text(self, name: str, text: str) -> Path:
+        return atomic_write_text(self.run_dir / name, text)
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        return atomic_write_bytes(self.run_dir / name, data)
 
     # ------------------------------------------------------------------ models, json, summary
     def keep_model(self, paths: list[str], name: str) -> list[str]:
@@ -144,11 +187,21 @@ class Store:
         for p in paths:
             target = dest / Path(p).name
             if not target.exists():
-                tmp = target.with_name(f".{target.name}.tmp")
-                shutil.copyfile(p, tmp)
-                os.replace(tmp, target)
+                with atomic_file(target) as tmp:
+                    shutil.copyfile(p, tmp)
             kept.append(str(target))
         return kept
+
+    @staticmethod
+    def model_ref(model: str, paths: list[str | Path], uncertainty: str = "energy"):
+        """The ModelRef of model files this run did not fit (a protocol names them): their sha256 is the
+        model's identity in every task key."""
+        from reactforge.schemas.tasks import ModelRef
+        from reactforge.tasks.train import files_sha256  # the digest fitted models get
+
+        paths = [Path(p) for p in paths]
+        return ModelRef(model=model, paths=[str(p) for p in paths], uncertainty=uncertainty,
+                        sha256=files_sha256(paths))
 
     def write_json(self, name: str, obj) -> Path:
         path = self.run_dir / name

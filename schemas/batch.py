@@ -1,13 +1,13 @@
 """The simplest protocol: a list of tasks to run (reference single points, MLFF simulations, fits)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from .base import Strict
 from .kinds import TaskSpec
+from .loading import ProtocolFile
 
 
 class Job(Strict):
@@ -17,9 +17,7 @@ class Job(Strict):
                                   "relative to the protocol file; 'file@i' picks frame i")
 
 
-class BatchProtocol(Strict):
+class BatchProtocol(ProtocolFile):
     workflow: Literal["tasks"] = "tasks"
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
     jobs: list[Job] = Field(..., min_length=1)
-
-    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)  # the protocol file's folder (set by run.py)

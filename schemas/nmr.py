@@ -7,12 +7,12 @@ with the MLFF, or are given. Relative file paths resolve against the protocol fi
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, model_validator
 
 from .base import Strict
+from .loading import ProtocolFile
 from .tasks import NMRShieldingSpec
 
 
@@ -103,7 +103,7 @@ class PrecomputedMinimum(Strict):
     samples: list[str] = Field(default_factory=list, description=".magres files of MD samples")
 
 
-class NMRProtocol(Strict):
+class NMRProtocol(ProtocolFile):
     workflow: Literal["nmr"]
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
     model: MLFFFiles | None = None
@@ -115,8 +115,6 @@ class NMRProtocol(Strict):
     shielding: NMRShieldingSpec = NMRShieldingSpec()
     rates: NMRRates = NMRRates()
     spectrum: NMRSpectrumSettings
-
-    _base_dir: Path | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _sources(self):
@@ -142,7 +140,3 @@ class NMRProtocol(Strict):
         if pops is not None and (n is None or len(pops) != n or min(pops) <= 0):
             raise ValueError("rates.populations: one positive number per precomputed minimum")
         return self
-
-    def path(self, name: str) -> Path:
-        p = Path(name)
-        return p if p.is_absolute() or self._base_dir is None else self._base_dir / p

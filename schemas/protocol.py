@@ -11,9 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import Strict
+from .loading import ProtocolFile
+from .loading import load_protocol as _load
 from .tasks import GAPModelSpec, ModelSpec, Reference, XTBReference
 
 Vec3 = tuple[float, float, float]
@@ -351,7 +353,7 @@ BLOCK_NAMES = {
 # ----------------------------------------------------------------------------------------------
 
 
-class Protocol(Strict):
+class Protocol(ProtocolFile):
     """The catalysis active-learning protocol (thesis chapter 3): everything a run needs."""
 
     name: str = Field(..., min_length=1)
@@ -369,8 +371,6 @@ class Protocol(Strict):
     validation: ValidationSpec = ValidationSpec()
     seed: int = Field(0, ge=0, description="random seed of the rattled cells, placements and every MD "
                       "thermostat: runs with different seeds are independent repeats")
-
-    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     @field_validator("blocks")
     @classmethod
@@ -400,24 +400,8 @@ class Protocol(Strict):
             raise ValueError("block 6 (NEB) needs at least one reaction")
         return self
 
-    @property
-    def base_dir(self) -> Path:
-        """Folder relative file paths are resolved against (the protocol file's)."""
-        return self._base_dir
-
-    def resolve(self, path: str) -> Path:
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else self._base_dir / p
-
 
 def load_protocol(path: str | Path) -> Protocol:
-    """Read and validate a protocol YAML; relative file paths then resolve against its folder."""
-    import yaml
-
-    path = Path(path)
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a protocol is a YAML mapping")
-    proto = Protocol.model_validate(data)
-    proto._base_dir = path.resolve().parent
-    return proto
+    """Read and validate a catalysis protocol YAML (schemas.loading.load_protocol): relative file paths
+    then resolve against its folder (`protocol.resolve`)."""
+    return _load(path, Protocol)

@@ -6,6 +6,7 @@ Every structure carries `info["config_type"]` so labels can say what they are.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +28,20 @@ from reactforge.schemas.protocol import (
 )
 
 
-def build_bulk(spec: BulkSpec, base_dir: Path | str = ".", repeat: bool = True) -> Atoms:
+# The structure files a protocol names are read through its `resolve` (its file's folder); without one,
+# a name is a path as given.
+Resolve = Callable[[str], Path]
+
+
+def _read(name: str, resolve: Resolve | None) -> Atoms:
+    return read(resolve(name) if resolve is not None else Path(name))
+
+
+def build_bulk(spec: BulkSpec, resolve: Resolve | None = None, repeat: bool = True) -> Atoms:
     """The bulk cell (file or ase.build.bulk), repeated by `spec.repeat` (the slab is cut from the
     unrepeated cell: `repeat=False`)."""
     if spec.file is not None:
-        path = Path(spec.file)
-        atoms = read(path if path.is_absolute() else Path(base_dir) / path)
+        atoms = _read(spec.file, resolve)
     else:
         kwargs = {"crystalstructure": spec.crystalstructure, "a": spec.a_A, "c": spec.c_A}
         atoms = ase_bulk(spec.name, cubic=spec.cubic, **{k: v for k, v in kwargs.items() if v is not None})
@@ -75,11 +84,10 @@ def _in_plane_matrix(size) -> np.ndarray:
     return np.diag([size[0], size[1], 1])
 
 
-def build_slab(bulk: Atoms, spec: SurfaceSpec, base_dir: Path | str = ".") -> Atoms:
+def build_slab(bulk: Atoms, spec: SurfaceSpec, resolve: Resolve | None = None) -> Atoms:
     """The slab: ase.build.surface of the bulk, in-plane supercell, a1 along x, bottom fixed."""
     if spec.file is not None:
-        path = Path(spec.file)
-        slab = read(path if path.is_absolute() else Path(base_dir) / path)
+        slab = _read(spec.file, resolve)
     else:
         slab = surface(bulk, spec.miller, spec.layers, vacuum=spec.vacuum_A, periodic=True)
         P = _in_plane_matrix(spec.size)
@@ -160,12 +168,11 @@ def fragment_atoms(fragment: Fragment) -> Atoms:
 
 
 def build_intermediate(
-    site_slab: Atoms, site_position: np.ndarray, spec: IntermediateSpec, name: str, base_dir: Path | str = "."
+    site_slab: Atoms, site_position: np.ndarray, spec: IntermediateSpec, name: str, resolve: Resolve | None = None
 ) -> Atoms:
     """Slab with the active site plus the adsorbate: slab atoms first, then adsorbate atoms in order."""
     if spec.file is not None:
-        path = Path(spec.file)
-        atoms = read(path if path.is_absolute() else Path(base_dir) / path)
+        atoms = _read(spec.file, resolve)
         if len(atoms) <= len(site_slab) or atoms.get_chemical_symbols()[: len(site_slab)] != site_slab.get_chemical_symbols():
             raise ValueError(f"intermediate {name!r}: its file must start with the active-site slab's atoms")
         atoms.pbc = True
@@ -239,7 +246,7 @@ class CatalysisSystem:
 
 def build_system(protocol: Protocol) -> CatalysisSystem:
     """Bulk, slab, active site and every intermediate of a protocol; checks reactions' compositions."""
-    base = protocol.base_dir
+    base = protocol.resolve
     b = build_bulk(protocol.bulk, base)
     slab = build_slab(build_bulk(protocol.bulk, base, repeat=False), protocol.surface, base)
     site_slab, site_pos = make_active_site(slab, protocol.active_site, protocol.surface.layer_tolerance_A)

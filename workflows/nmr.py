@@ -56,13 +56,11 @@ def run(protocol, engine, store, progress) -> dict:
 class NMRWorkflow:
     def __init__(self, protocol, engine, store, progress):
         self.p, self.engine, self.store, self.progress = protocol, engine, store, progress
-        if getattr(store, "protocol_dir", None) is not None and protocol._base_dir is None:
-            protocol._base_dir = Path(store.protocol_dir)
         self.model = None
         if protocol.model is not None:
             from reactforge.tasks.train import files_sha256
 
-            paths = [str(protocol.path(x)) for x in protocol.model.paths]
+            paths = [str(protocol.resolve(x)) for x in protocol.model.paths]
             self.model = ModelRef(model=protocol.model.model, paths=paths, uncertainty=protocol.model.uncertainty,
                                   sha256=files_sha256([Path(x) for x in paths]))
 
@@ -92,7 +90,7 @@ class NMRWorkflow:
     def explore(self) -> list[Atoms]:
         e = self.p.exploration
         self.progress.set_stage("minima hopping")
-        start = read(self.p.path(self.p.structure))
+        start = read(self.p.resolve(self.p.structure))
         spec = MinimaHoppingSpec(model=self.model, T0_K=e.T0_K, Ediff0_eV=e.Ediff0_eV, mdmin=e.mdmin,
                                  fmax_eV_per_A=e.fmax_eV_per_A, timestep_fs=e.timestep_fs, n_minima=e.n_minima,
                                  max_hops=e.max_hops, fixed_atoms=self.p.fixed_atoms, seed=e.seed)
@@ -148,7 +146,7 @@ class NMRWorkflow:
         self.progress.set_stage("reading magres files")
 
         def spec(path):
-            return NMRShieldingSpec(code="precomputed", magres_file=str(self.p.path(path)), efg=self.p.shielding.efg)
+            return NMRShieldingSpec(code="precomputed", magres_file=str(self.p.resolve(path)), efg=self.p.shielding.efg)
 
         static_f = [self.engine.submit(spec(m.static), []) for m in self.p.precomputed]
         sample_f = [[self.engine.submit(spec(s), []) for s in m.samples] for m in self.p.precomputed]
@@ -243,7 +241,7 @@ class NMRWorkflow:
         axis = exp.axis_ppm
         scores, experimental = {}, None
         if s.experimental:
-            experimental = spectra.load_experimental(self.p.path(s.experimental))
+            experimental = spectra.load_experimental(self.p.resolve(s.experimental))
             scores = {k: spectra.similarity(axis, v.sum(axis=0), *experimental, s.score_window_ppm)
                       for k, v in panels.items()}
         symbols = static[0].atoms.get_chemical_symbols()
