@@ -7,7 +7,7 @@ A new task kind is a spec class (schemas/tasks.py), a result class (schemas/resu
 Resources say what a spec computes, which is what a site routes on (site `resources:`):
   reference     calls the reference code (single points, reference optimisations and NEBs, shieldings):
                 the reference executor, its MPI launch prefix and environment
-  mlff          simulations with the force field
+  mlff          simulations and evaluations with the force field (MD, minimisation, evaluate, vibrations)
   training      MACE / MFN fits (a GPU where the site has one)
   training_cpu  gap_fit, which is CPU-only and must not queue for a GPU node
 """
@@ -62,6 +62,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind(T.UmbrellaWindowSpec, R.UmbrellaWindowResult, "umbrella", MLFF_CODES, "mlff"),
     Kind(T.NMRShieldingSpec, R.NMRShieldingResult, "nmrshielding", ("ase", "soprano"), "reference"),
     Kind(T.TrainSpec, R.TrainResult, "train", MLFF_CODES, by_model_kind),
+    Kind(T.EvaluateSpec, R.EvaluateResult, "evaluate", MLFF_CODES, "mlff"),
+    Kind(T.VibrationsSpec, R.VibrationsResult, "vibrations", MLFF_CODES, "mlff"),
 )}
 
 TaskSpec = Annotated[Union[tuple(k.spec for k in KINDS.values())], Field(discriminator="kind")]

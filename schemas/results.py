@@ -102,3 +102,24 @@ class TrainResult(Strict):
     wall_s: float = 0.0
     e0_eV: dict[str, float] = Field(default_factory=dict, description="element -> isolated-atom energy used")
     commands: list[str] = Field(default_factory=list, description="gap_fit / mace_run_train command lines")
+
+
+class EvaluateResult(Strict):
+    kind: Literal["evaluate"] = "evaluate"
+    energies_eV: list[float] = Field(..., description="per structure")
+    forces_eV_per_A: list[list[list[float]]] = Field(..., description="per structure, per atom, xyz")
+    sigma_per_atom_eV: list[list[float]] = Field(..., description="per structure, per atom")
+
+
+class VibrationsResult(Strict):
+    kind: Literal["vibrations"] = "vibrations"
+    energy_eV: float = Field(..., description="MLFF energy of the undisplaced structure")
+    frequencies_Hz: list[float] = Field(..., description="real part of each mode's frequency")
+    frequencies_imag_Hz: list[float] = Field(..., description="imaginary part (non-zero for unstable modes)")
+    indices: list[int] = Field(..., description="atoms displaced")
+
+    def frequencies(self):
+        """The modes as complex numbers in Hz (ase.vibrations' convention: imaginary modes imaginary)."""
+        import numpy as np
+
+        return np.asarray(self.frequencies_Hz) + 1j * np.asarray(self.frequencies_imag_Hz)

@@ -436,3 +436,24 @@ class TrainSpec(TaskBase):
     model: ModelSpec = GAPModelSpec()
     device: Literal["cpu", "cuda", "auto"] = "auto"
     seed: int = 0
+
+
+class EvaluateSpec(TaskBase):
+    """The MLFF's energy, forces and per-atom σ of each structure passed in (no dynamics): what the
+    report's parity plot and the NMR populations need. Forces as ASE's get_forces gives them: zero on
+    atoms a structure's FixAtoms constraint holds, like the reference labels."""
+
+    kind: Literal["evaluate"] = "evaluate"
+    model: ModelRef
+
+
+class VibrationsSpec(TaskBase):
+    """Harmonic normal modes of one structure with the MLFF: ase.vibrations.Vibrations (finite
+    differences) displacing `indices` (all atoms when None) by ±delta_A; used for the Vineyard
+    prefactor and harmonic populations of thesis §5.3.2."""
+
+    kind: Literal["vibrations"] = "vibrations"
+    model: ModelRef
+    indices: list[int] | None = Field(None, description="atoms displaced; None = all")
+    delta_A: float = Field(0.01, gt=0, description="finite-difference displacement")
+    nfree: Literal[2, 4] = Field(2, description="displacements per coordinate (ASE Vibrations nfree)")
