@@ -12,15 +12,21 @@ With `precomputed` magres files the exploration, MD and shielding stages are rea
 """
 from __future__ import annotations
 
-from concurrent.futures import Future
+from concurrent.futures import Future, as_completed
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 from ase import Atoms
 from ase.io import read
 
-from reactforge.schemas.tasks import MDSpec, MinimaHoppingSpec, ModelRef, NEBSpec, NMRShieldingSpec
+from reactforge.schemas.tasks import (
+    EvaluateSpec,
+    MDSpec,
+    MinimaHoppingSpec,
+    NEBSpec,
+    NMRShieldingSpec,
+    VibrationsSpec,
+)
 from reactforge.tasks.nmr import averaging, exchange, rates, spectra, tensors
 from reactforge.engine.engine import TaskFailed
 
@@ -58,11 +64,8 @@ class NMRWorkflow:
         self.p, self.engine, self.store, self.progress = protocol, engine, store, progress
         self.model = None
         if protocol.model is not None:
-            from reactforge.tasks.train import files_sha256
-
-            paths = [str(protocol.resolve(x)) for x in protocol.model.paths]
-            self.model = ModelRef(model=protocol.model.model, paths=paths, uncertainty=protocol.model.uncertainty,
-                                  sha256=files_sha256([Path(x) for x in paths]))
+            m = protocol.model
+            self.model = store.model_ref(m.model, [protocol.resolve(x) for x in m.paths], m.uncertainty)
 
     # ------------------------------------------------------------------ the workflow, in the thesis's order
     def run(self) -> dict:
@@ -163,39 +166,45 @@ class NMRWorkflow:
             if r.populations is not None:
                 p_eq = np.asarray(r.populations, float) / np.sum(r.populations)
             elif self.model is not None:
-                from reactforge.tasks.mlff import load_mlff
-
-                calc = load_mlff(self.model)
-                p_eq = rates.harmonic_populations([_energy(m, calc) for m in minima], None, r.temperature_K)
+                energies = self.engine.run(EvaluateSpec(model=self.model), minima).energies_eV
+                p_eq = rates.harmonic_populations(energies, None, r.temperature_K)
             else:
                 p_eq = np.full(n, 1.0 / n)
             K = exchange.detailed_balance_rate_matrix(p_eq, {(i, j): k for i, j, k in r.rates_Hz})
             return K, p_eq, [{"i": i, "j": j, "k_Hz": k, "source": "given"} for i, j, k in r.rates_Hz]
 
-        from reactforge.tasks.mlff import load_mlff
-
-        self.progress.set_stage(f"NEB between {n * (n - 1) // 2} minima pairs")
+        self.progress.set_stage(f"NEB between {n * (n - 1) // 2} minima pairs, vibrations of {n} minima")
         spec = NEBSpec(model=self.model, n_images=r.n_images, fmax_eV_per_A=r.fmax_eV_per_A,
                        max_steps=r.max_steps, fixed_atoms=self.p.fixed_atoms)
         pairs = list(combinations(range(n), 2))
         futs = {pair: self.engine.submit(spec, [minima[pair[0]], minima[pair[1]]]) for pair in pairs}
-        calc = load_mlff(self.model)
         vib_atoms = r.vibration_atoms or [i for i in range(len(minima[0])) if i not in set(self.p.fixed_atoms)]
-        workdir = self.store.run_dir / "nmr" / "vibrations"
+        vib_spec = VibrationsSpec(model=self.model, indices=vib_atoms, delta_A=r.vibration_delta_A)
+        vib_min = [self.engine.submit(vib_spec, [m]) for m in minima]
+        # each saddle's vibrations start as soon as its NEB is done
+        nebs, vib_ts = {}, {}
+        for fut in as_completed(set(futs.values())):
+            for pair in (p for p, f in futs.items() if f is fut):
+                nebs[pair] = _ok(fut, self.progress)
+                if nebs[pair] is not None:
+                    ts = nebs[pair].images[int(np.argmax(nebs[pair].energies_eV))]
+                    vib_ts[pair] = self.engine.submit(vib_spec, [ts])
         self.progress.set_stage("vibrational analysis")
-        freqs = [rates.vibrational_frequencies_Hz(m, calc, workdir / f"min{i}-{_key(m)}", vib_atoms,
-                                                  r.vibration_delta_A) for i, m in enumerate(minima)]
-        energies = [_energy(m, calc) for m in minima]
+        at_minima = [f.result() for f in vib_min]
+        freqs = [v.frequencies() for v in at_minima]
+        energies = [v.energy_eV for v in at_minima]
         p_eq = rates.harmonic_populations(energies, freqs, r.temperature_K, r.n_zero_modes)
         forward, table = {}, []
-        for (i, j), fut in futs.items():
-            neb = _ok(fut, self.progress)
+        for i, j in pairs:
+            neb = nebs[(i, j)]
             if neb is None:
                 table.append({"i": i, "j": j, "status": "neb failed"})
                 continue
-            ts = neb.images[int(np.argmax(neb.energies_eV))]
-            f_ts = rates.vibrational_frequencies_Hz(ts, calc, workdir / f"ts{i}-{j}-{_key(ts)}", vib_atoms,
-                                                    r.vibration_delta_A)
+            saddle = _ok(vib_ts[(i, j)], self.progress)
+            if saddle is None:
+                table.append({"i": i, "j": j, "status": "saddle vibrations failed"})
+                continue
+            f_ts = saddle.frequencies()
             e_ts = max(neb.energies_eV)
             lo = i if energies[i] <= energies[j] else j  # rate out of the lower minimum; reverse by balance
             try:
@@ -246,11 +255,12 @@ class NMRWorkflow:
                       for k, v in panels.items()}
         symbols = static[0].atoms.get_chemical_symbols()
         labels = [f"{symbols[i]}{i}" for i in self.nuclei_idx]
-        png = spectra.plot_panels(self.store.run_dir / "report" / "nmr_spectra.png", axis, panels, labels,
-                                  experimental, scores)
+        png = "report/nmr_spectra.png"
+        with self.store.atomic_path(png) as tmp:
+            spectra.plot_panels(tmp, axis, panels, labels, experimental, scores)
         self.store.write_json("nmr/spectra.json", {"ppm": axis.tolist(), "nuclei": labels,
                                                    **{k: v.tolist() for k, v in panels.items()}})
-        return panels, scores, {"png": str(png.relative_to(self.store.run_dir)), "data": "nmr/spectra.json"}
+        return panels, scores, {"png": png, "data": "nmr/spectra.json"}
 
     @property
     def quadrupolar(self) -> bool:
@@ -282,20 +292,6 @@ def _ok(fut: Future, progress):
         first = err.message.splitlines()[0] if err.message else ""
         progress.log(f"{err.kind} task failed ({err.failure_class}): {first}")
         return None
-
-
-def _key(atoms: Atoms) -> str:
-    """Short content hash: ASE Vibrations caches displacements by directory, so one per structure."""
-    import hashlib
-
-    h = hashlib.sha256(atoms.numbers.tobytes() + np.round(atoms.positions, 6).tobytes() + atoms.cell.array.tobytes())
-    return h.hexdigest()[:12]
-
-
-def _energy(atoms: Atoms, calc) -> float:
-    a = atoms.copy()
-    a.calc = calc
-    return float(a.get_potential_energy())
 
 
 def soap_distance(a: Atoms, b: Atoms, cutoff_A: float = 4.0) -> float:
