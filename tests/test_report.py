@@ -1,9 +1,21 @@
 """Report figures and index.html from plain run data."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from reactforge.engine.engine import Engine
+from reactforge.engine.store import Store
+from reactforge.schemas.loading import read_yaml, validate
+from reactforge.schemas.site import SiteConfig
 from reactforge.workflows import report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _local_site():
+    return validate("local", read_yaml(ROOT / "site-configs" / "local.yaml"), SiteConfig)
 
 
 def _png_ok(path):
@@ -74,14 +86,20 @@ def test_bad_figure_input_raises(tmp_path):
         report.training_growth([], tmp_path / "g.png")
 
 
-def test_report_from_run_objects(tmp_path, emt_cu_training_set, tiny_gap_model):
-    """The workflow hands over the labelled set, the NEB history and the model; the figures follow."""
+def _labelled(training_set):
     labelled = []
-    for k, a in enumerate(emt_cu_training_set):
+    for k, a in enumerate(training_set):
         b = a.copy()
         b.info.update(block=["initial", "bulk-md", "surface-md"][min(k // 7, 2)], iteration=k % 3,
                       reason="threshold breach" if k % 2 else "rattled bulk")
         labelled.append(b)
+    return labelled
+
+
+def test_report_from_run_objects(tmp_path, emt_cu_training_set, tiny_gap_model):
+    """The workflow hands over the labelled set, the NEB history and the evaluated parity data (evaluate
+    tasks through the engine); the figures follow."""
+    labelled = _labelled(emt_cu_training_set)
     sigma = np.full((10, 4), 0.01)
     sigma[7:, 2] = 0.07
     summary = {"name": "run", "blocks": {"bulk-md": {"name": "bulk-md", "iterations": 2, "termination_met": True,
@@ -92,8 +110,10 @@ def test_report_from_run_objects(tmp_path, emt_cu_training_set, tiny_gap_model):
                                       "mlff_energies_eV": [0, 0.9, 0.1], "reference_energies_eV": [0, 0.7, 0.2]}},
                {"iteration": 2, "r": {"mlff_barrier_eV": 0.72, "reference_barrier_eV": 0.71,
                                       "mlff_energies_eV": [0, 0.72, 0.1], "reference_energies_eV": [0, 0.71, 0.1]}}]
+    with Engine(_local_site(), tmp_path / "run") as engine:
+        par = report.evaluate_training_set(engine, tiny_gap_model, labelled)
     page = report.write_report(tmp_path, summary, training_set=labelled, neb_history=history,
-                               paths={"r": {"energies_eV": [0, 0.72, 0.1]}}, model=tiny_gap_model)
+                               paths={"r": {"energies_eV": [0, 0.72, 0.1]}}, parity_data=par)
     for n in ["training_growth.png", "sigma_trace_0.png", "barrier_history.png", "energy_profile.png", "parity.png"]:
         _png_ok(tmp_path / n)
     rows = report.growth_rows(labelled)
@@ -108,8 +128,41 @@ def test_report_from_run_objects(tmp_path, emt_cu_training_set, tiny_gap_model):
     validation = {"r": {"reference_energies_eV": [0, 0.68, 0.12]}}
     assert report.profile_rows(interior, {}, validation)["r"]["reference_eV"] == [0, 0.68, 0.12]
     assert report.profile_rows(interior, {})["r"]["reference_eV"] is None
-    par = report.parity_rows(labelled, tiny_gap_model)
     # the GAP was fitted to these labels: energies agree to a few meV/atom
     err = np.abs(np.subtract(par["reference_energy_eV_per_atom"], par["mlff_energy_eV_per_atom"]))
     assert err.max() < 0.02
     assert "parity.png" in page.read_text()
+
+
+def test_evaluated_parity_is_the_models_own_numbers(tmp_path, emt_cu_training_set, tiny_gap_model):
+    """evaluate_training_set leaves the isolated atom out and gives what the calculator gives."""
+    from reactforge.tasks.mlff import load_mlff
+
+    labelled = _labelled(emt_cu_training_set)
+    with Engine(_local_site(), tmp_path / "run") as engine:
+        par = report.evaluate_training_set(engine, tiny_gap_model, labelled, chunk=7)
+    fitted = [a for a in labelled if a.info.get("config_type") != "isolated_atom"]
+    assert len(fitted) == len(labelled) - 1 == len(par["mlff_energy_eV_per_atom"])
+    calc = load_mlff(tiny_gap_model)
+    e, f = [], []
+    for a in fitted:
+        b = a.copy()
+        b.calc = calc
+        e.append(b.get_potential_energy() / len(b))
+        f.extend(b.get_forces().ravel())
+    np.testing.assert_allclose(par["mlff_energy_eV_per_atom"], e, atol=1e-7)  # extxyz positions: 1e-8 Å
+    np.testing.assert_allclose(par["mlff_forces_eV_per_A"], f, atol=1e-5)
+    np.testing.assert_allclose(par["reference_energy_eV_per_atom"], [a.info["REF_energy"] / len(a) for a in fitted])
+
+
+def test_report_into_the_store_and_the_deprecated_model_argument(tmp_path, emt_cu_training_set, tiny_gap_model):
+    """A Store as the destination writes its report/ folder, no temporary files left; a caller that still
+    passes the model gets the same parity figure (evaluated in process) and a DeprecationWarning."""
+    labelled = _labelled(emt_cu_training_set)
+    store = Store(tmp_path / "run")
+    with pytest.warns(DeprecationWarning, match="parity_data"):
+        page = report.write_report(store, {"name": "x"}, training_set=labelled, model=tiny_gap_model)
+    assert page == store.report_dir / "index.html"
+    for n in ["training_growth.png", "parity.png"]:
+        _png_ok(store.report_dir / n)
+    assert not [p for p in store.report_dir.rglob("*") if ".tmp" in p.name]

@@ -7,7 +7,6 @@ from ase import Atoms
 from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 
-from reactforge.schemas.tasks import EMTReference
 from reactforge.workflows import sampling as S
 
 
@@ -63,12 +62,6 @@ def test_make_dimers_spacing_and_weights():
         assert rs == sorted(rs) and rs[-1] == pytest.approx(3.5)
         assert np.allclose(np.diff(rs), np.diff(rs)[0])
         assert S.dimer_axial_force(emt_forces, *pair, rs[0], 12.0) <= 20.0
-
-
-def test_reference_forces_through_singlepoint_task(tmp_path):
-    f = S.reference_forces_fn(EMTReference(), tmp_path)
-    d = S.dimer("O", "O", 1.1)
-    assert np.allclose(f(d), emt_forces(d))
 
 
 def mgo_vacancy():

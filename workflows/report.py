@@ -2,13 +2,14 @@
 
 Every function takes plain data (dicts and lists, as the workflow collects them and as they sit in
 summary.json) and writes one PNG; `write_report` writes every figure it has data for plus
-`index.html` with the summary tables. Files are written to a temporary name and renamed.
+`index.html` with the summary tables. Nothing here computes with a model: the parity plot's MLFF
+numbers come from `evaluate` tasks (`evaluate_training_set`). Files are written through the store's
+atomic-write helper (a temporary name, renamed when complete).
 """
 from __future__ import annotations
 
 import html
-import os
-import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,6 +18,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from ase import Atoms  # noqa: E402
+from ase.constraints import FixAtoms  # noqa: E402
+
+from reactforge.engine.store import atomic_file, atomic_write_text  # noqa: E402
+from reactforge.schemas.tasks import EvaluateSpec  # noqa: E402
 
 BLOCK_LABELS = {
     0: "0 initial",
@@ -30,18 +36,12 @@ BLOCK_LABELS = {
 
 
 def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def training_growth(rows: Sequence[Mapping], path: Path) -> Path:
@@ -257,27 +257,68 @@ def profile_rows(neb_history: Sequence[Mapping], paths: Mapping, validation: Map
     return out
 
 
-def parity_rows(training_set: Sequence, model) -> dict | None:
-    """MLFF vs reference on the labelled structures (energies per atom, force components).
+def fitted_configurations(training_set: Sequence) -> list:
+    """The labelled structures a parity plot compares: isolated atoms are left out (they set the E0s
+    rather than being fitted configurations)."""
+    return [a for a in training_set if "REF_energy" in a.info and "REF_forces" in a.arrays
+            and a.info.get("config_type") != "isolated_atom"]
 
-    Isolated atoms are left out: they set the E0s rather than being fitted configurations."""
-    from reactforge.tasks.mlff import load_mlff
 
-    calc = load_mlff(model)
+def parity_rows(structures: Sequence, mlff_energies_eV: Sequence[float],
+                mlff_forces_eV_per_A: Sequence) -> dict | None:
+    """MLFF vs reference on labelled structures (energies per atom, force components): the reference from
+    each structure's REF_energy / REF_forces, the MLFF's from an evaluate task on the same structures."""
+    if len(structures) != len(mlff_energies_eV) or len(structures) != len(mlff_forces_eV_per_A):
+        raise ValueError("parity_rows: one MLFF energy and force array per structure")
     e_ref, e_ml, f_ref, f_ml = [], [], [], []
-    for a in training_set:
-        if "REF_energy" not in a.info or "REF_forces" not in a.arrays or a.info.get("config_type") == "isolated_atom":
-            continue
-        b = a.copy()
-        b.calc = calc
-        e_ml.append(b.get_potential_energy() / len(b))
+    for a, e, f in zip(structures, mlff_energies_eV, mlff_forces_eV_per_A):
+        e_ml.append(float(e) / len(a))
         e_ref.append(float(a.info["REF_energy"]) / len(a))
-        f_ml.extend(b.get_forces().ravel())
+        f_ml.extend(np.asarray(f, dtype=float).ravel())
         f_ref.extend(np.asarray(a.arrays["REF_forces"]).ravel())
     if not e_ref:
         return None
     return {"reference_energy_eV_per_atom": e_ref, "mlff_energy_eV_per_atom": e_ml,
             "reference_forces_eV_per_A": f_ref, "mlff_forces_eV_per_A": f_ml}
+
+
+def _configuration(atoms: Atoms) -> Atoms:
+    """What an evaluation depends on: numbers, positions, cell, pbc and fixed atoms (not the labels)."""
+    out = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    out.set_constraint([c.copy() for c in atoms.constraints if isinstance(c, FixAtoms)])
+    return out
+
+
+def evaluate_training_set(engine, model, training_set: Sequence, chunk: int = 100) -> dict | None:
+    """The parity plot's data (the `parity_data` of `write_report`): `evaluate` tasks of the model on the
+    labelled structures, `chunk` structures per task, submitted together; None when nothing is fitted."""
+    structures = fitted_configurations(training_set)
+    if not structures:
+        return None
+    futures = [engine.submit(EvaluateSpec(model=model), [_configuration(a) for a in structures[i:i + chunk]])
+               for i in range(0, len(structures), chunk)]
+    energies, forces = [], []
+    for fut in futures:
+        result = fut.result()
+        energies += result.energies_eV
+        forces += result.forces_eV_per_A
+    return parity_rows(structures, energies, forces)
+
+
+def _evaluate_here(training_set: Sequence, model, workdir: Path) -> dict | None:
+    """Transitional, for callers that still hand `write_report` a model: the evaluate task run in this
+    process through the engine's worker entry point (neither journaled nor on the mlff executor)."""
+    from reactforge.engine.engine import execute, structure_texts
+    from reactforge.schemas.results import EvaluateResult
+
+    structures = fitted_configurations(training_set)
+    if not structures:
+        return None
+    ctx = {"workdir": str(workdir), "launch": "", "device": "cpu", "threads": 1, "env": {}}
+    out = execute(EvaluateSpec(model=model).model_dump_json(),
+                  structure_texts([_configuration(a) for a in structures]), ctx)
+    result = EvaluateResult.model_validate_json(out)
+    return parity_rows(structures, result.energies_eV, result.forces_eV_per_A)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,7 +349,7 @@ def _block_rows(blocks) -> list[dict]:
 
 
 def write_report(
-    outdir: Path,
+    out,
     summary: Mapping,
     growth: Sequence[Mapping] | None = None,
     sigma_traces: Sequence[Mapping] | None = None,
@@ -323,6 +364,7 @@ def write_report(
 ) -> Path:
     """Write every figure there is data for and `index.html`; returns the page's path.
 
+    out: the run's Store (the files go to its report/ folder) or a folder.
     summary: summary.json content; its `blocks` (list of dicts, or dict keyed by block, with
       iterations, labels_added, reference_calls, termination_met, criterion_value, and optionally
       breach_trace) and `barriers` (list of {reaction, permutations_screened, mlff_barrier_eV,
@@ -332,16 +374,18 @@ def write_report(
       sigma_thr_eV, timestep_fs, symbols, highlight, title).
     barrier_iterations: the `history` of `barrier_history`.
     profiles: the `profiles` of `energy_profile`.
-    parity_data: keyword arguments of `parity` (reference/mlff energies per atom and forces).
+    parity_data: keyword arguments of `parity` (reference/mlff energies per atom and forces), as
+      `evaluate_training_set(engine, model, training_set)` returns them.
 
     Run objects, used for whatever of the above is not given explicitly:
     training_set: labelled ase.Atoms (info block, iteration, reason, REF_energy; arrays REF_forces)
-      -> growth, and with `model` (a ModelRef) -> parity;
+      -> growth;
     summary["blocks"][*]["breach_trace"] ({steps, sigma_eV, symbols, sigma_thr_eV, iteration}) -> σ traces;
     neb_history: per block-6 iteration {"iteration": i, <reaction>: {mlff_barrier_eV,
       reference_barrier_eV, mlff_energies_eV, reference_energies_eV}} -> barrier history and, from the
       last iteration of each reaction, the energy profile; `paths` ({reaction: {"energies_eV"}}) gives
-      the MLFF profile of reactions missing there."""
+      the MLFF profile of reactions missing there.
+    model: deprecated (pass `parity_data`); evaluated here, in this process, when given without it."""
     if growth is None and training_set:
         growth = growth_rows(training_set)
     if sigma_traces is None:
@@ -350,10 +394,12 @@ def write_report(
         barrier_iterations = barrier_rows(neb_history)
     if profiles is None and (neb_history or paths):
         profiles = profile_rows(neb_history or [], paths or {}, summary.get("validation"))
+    outdir = Path(getattr(out, "report_dir", out))
     if parity_data is None and training_set and model is not None:
-        parity_data = parity_rows(training_set, model)
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+        warnings.warn("write_report(model=...) evaluates the model outside the engine; pass "
+                      "parity_data=evaluate_training_set(engine, model, training_set)", DeprecationWarning,
+                      stacklevel=2)
+        parity_data = _evaluate_here(training_set, model, outdir / ".evaluate")
     figures: list[tuple[str, str]] = []
     if growth:
         figures.append((training_growth(growth, outdir / "training_growth.png").name, "Training-set growth per block"))
@@ -391,9 +437,4 @@ def write_report(
         parts.append(f"<figure><a href='{name}'><img src='{name}' alt='{html.escape(caption)}'></a>"
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     parts.append("</body></html>")
-    page = outdir / "index.html"
-    fd, tmp = tempfile.mkstemp(dir=outdir, prefix=".index.", suffix=".html")
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(parts))
-    os.replace(tmp, page)
-    return page
+    return atomic_write_text(outdir / "index.html", "\n".join(parts))

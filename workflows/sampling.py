@@ -140,23 +140,6 @@ def make_dimers(
     return out
 
 
-def reference_forces_fn(reference, workdir) -> Callable[[Atoms], np.ndarray]:
-    """Forces of one structure under a reference spec, through the single-point task."""
-    from pathlib import Path
-
-    from reactforge.schemas.tasks import SinglePointSpec
-    from reactforge.tasks.context import TaskContext
-    from reactforge.tasks.singlepoint import run
-
-    spec = SinglePointSpec(reference=reference, max_force_eV_per_A=1e4)
-    ctx = TaskContext(workdir=Path(workdir))
-
-    def forces(atoms: Atoms) -> np.ndarray:
-        return np.asarray(run(spec, [atoms], ctx).forces_eV_per_A)
-
-    return forces
-
-
 # ----------------------------------------------------------------------------------------------
 # Adsorbate placement (pymatgen AdsorbateSiteFinder)
 # ----------------------------------------------------------------------------------------------
