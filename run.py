@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """reactforge from a checkout: the same command line as the installed `reactforge` command.
 
-    python run.py --site archer2 protocol.yaml
-    python run.py --site local examples/quickstart.yaml --check
+    python run.py --site archer2 protocol.yaml            (= reactforge run --site archer2 protocol.yaml)
+    python run.py --site local --check examples/quickstart.yaml
+    python run.py report runs/quickstart-zno-vacancy      (every `reactforge` command works here too)
 """
 import sys
 

@@ -1,14 +1,20 @@
-"""The command line: run an active-learning protocol on a site (`reactforge` and `python run.py`).
+"""The command line: `reactforge` (installed) and `python run.py` (a checkout) are the same.
 
-    reactforge --site archer2 protocol.yaml
-    reactforge --site local examples/quickstart.yaml --check
+    reactforge run --site archer2 protocol.yaml     run a protocol on a site; the same command resumes it
+    reactforge check --site archer2 protocol.yaml   validate, print the plan and what the site would start
+    reactforge report runs/NAME                     rewrite a catalysis run's report/ from its files
+    reactforge examples [DEST]                      list the shipped example protocols, or copy them to DEST
+    reactforge export-schema [DIR]                  write the JSON Schemas of protocol and site files
 
-Re-running the same command on an existing run directory resumes it: finished tasks come from the
-journal. Bad input exits with status 2 and a message naming the file and the field.
+Without a command, `reactforge [--check] [options] protocol.yaml` runs (or checks) as `python run.py`
+always has. A protocol is a YAML path or the name of a shipped example (`quickstart`); a site is a
+name in site-configs/ or a YAML path. Bad input exits with status 2 and a message naming the file and
+the field.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -19,6 +25,8 @@ from reactforge.schemas.site import SiteConfig
 
 # the package's folder: site-configs/ and examples/ are shipped inside it
 ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+COMMANDS = ("run", "check", "report", "examples", "export-schema")
 
 
 def load_site(name_or_path: str) -> tuple[Path, SiteConfig]:
@@ -31,6 +39,17 @@ def load_site(name_or_path: str) -> tuple[Path, SiteConfig]:
     data = read_yaml(path, expand_env=True)
     data.setdefault("name", path.stem)
     return path, validate(path, data, SiteConfig)
+
+
+def protocol_path(arg: str) -> Path:
+    """A YAML path as given; a bare name that is no file is a shipped example (`quickstart`)."""
+    path = Path(arg)
+    if path.exists() or path.suffix:
+        return path
+    if (EXAMPLES / f"{arg}.yaml").is_file() and path.name == arg:
+        return EXAMPLES / f"{arg}.yaml"
+    known = sorted(p.stem for p in EXAMPLES.glob("*.yaml"))
+    raise InputError(arg, [f"no such file, nor a shipped example; examples: {', '.join(known)}"])
 
 
 def load_protocol(path: Path):
@@ -46,74 +65,66 @@ def load_protocol(path: Path):
     return workflow, protocol
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("protocol", type=Path, help="protocol YAML")
-    ap.add_argument("--site", default="local", help="a name in site-configs/ or a path to a site YAML")
-    ap.add_argument("--run-dir", type=Path, help="run directory (default runs/<protocol name>)")
-    ap.add_argument("--check", action="store_true", help="validate, print the plan and executors, run nothing")
-    ap.add_argument("--resume", action="store_true", help="(default behaviour) continue an existing run")
-    ap.add_argument("--force-new", action="store_true", help="move an existing run of another protocol aside")
-    ap.add_argument("--no-live", action="store_true", help="plain log lines instead of the live table")
-    args = ap.parse_args(argv)
-
-    try:
-        site_path, site = load_site(args.site)
-        workflow, protocol = load_protocol(args.protocol)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-    from reactforge.engine.parsl_config import describe, render_submit_script
+def _prepare(args):
+    """Site, protocol and the workflow's plan; the plan builds what the protocol names (structures,
+    files), so bad input stops here, before anything is written."""
     from reactforge.engine.registry import workflow_module
 
+    site_path, site = load_site(args.site)
+    path = protocol_path(args.protocol)
+    workflow, protocol = load_protocol(path)
     module = workflow_module(workflow)
-    run_dir = args.run_dir or Path("runs") / protocol.name
-    try:  # builds what the protocol names (structures, files): bad input stops here, before any write
+    try:
         steps = module.plan(protocol)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except (ValueError, OSError) as err:
-        print(f"error: {args.protocol}: {err}", file=sys.stderr)
-        return 2
+        raise InputError(path, [str(err)]) from None
+    return site_path, site, path, workflow, protocol, module, steps
+
+
+def check(args) -> int:
+    from reactforge.engine.parsl_config import describe, render_submit_script
+
+    site_path, site, path, workflow, protocol, _, steps = _prepare(args)
+    run_dir = args.run_dir or Path("runs") / protocol.name
+    print(f"protocol {path} (workflow {workflow}) is valid; run directory {run_dir}")
+    print("plan:")
+    for line in steps:
+        print(f"  {line}")
+    print(f"site {site.name} ({site_path}) would start:")
+    for line in describe(site):
+        print(f"  {line}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, cfg in site.executors.items():
+            if cfg.provider.type == "slurm":
+                script = render_submit_script(site, label, Path(tmp))
+                sbatch = [ln for ln in script.splitlines() if ln.startswith("#SBATCH") and "--output" not in ln
+                          and "--error" not in ln and "--job-name" not in ln]
+                print(f"  {label} submit script: {' '.join(ln[8:] for ln in sbatch)}")
+    return 0
+
+
+def run(args) -> int:
     if args.check:
-        print(f"protocol {args.protocol} (workflow {workflow}) is valid; run directory {run_dir}")
-        print("plan:")
-        for line in steps:
-            print(f"  {line}")
-        print(f"site {site.name} ({site_path}) would start:")
-        for line in describe(site):
-            print(f"  {line}")
-        with tempfile.TemporaryDirectory() as tmp:
-            for label, cfg in site.executors.items():
-                if cfg.provider.type == "slurm":
-                    script = render_submit_script(site, label, Path(tmp))
-                    sbatch = [ln for ln in script.splitlines() if ln.startswith("#SBATCH") and "--output" not in ln
-                              and "--error" not in ln and "--job-name" not in ln]
-                    print(f"  {label} submit script: {' '.join(ln[8:] for ln in sbatch)}")
-        return 0
+        return check(args)
+    site_path, site, path, workflow, protocol, module, _ = _prepare(args)
 
     from reactforge.engine.engine import Engine
     from reactforge.engine.progress import Progress
     from reactforge.engine.store import ProtocolMismatch, Store
 
+    run_dir = args.run_dir or Path("runs") / protocol.name
     try:
-        state = Store.claim(run_dir, args.protocol.read_text(), force_new=args.force_new)
+        state = Store.claim(run_dir, path.read_text(), force_new=args.force_new)
     except ProtocolMismatch as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"run directory {run_dir}: {'resuming' if state == 'resume' else state}", flush=True)
     store = Store(run_dir)
-    store.protocol_dir = args.protocol.resolve().parent
+    store.protocol_dir = path.resolve().parent
     start = time.time()
     with Engine(site, run_dir) as engine:
         with Progress(engine, f"{protocol.name} on {site.name}", live=False if args.no_live else None) as progress:
-            try:
-                results = module.run(protocol, engine, store, progress)
-            except InputError as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 2
+            results = module.run(protocol, engine, store, progress)
         summary = store.update_summary(
             protocol=protocol.name, workflow=workflow, site=site.name, wall_s=round(time.time() - start, 1),
             reference_calls=engine.reference_calls, tasks=engine.journal.counts(), executors=engine.stats(),
@@ -121,3 +132,140 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"done in {summary['wall_s']} s; summary: {run_dir / 'summary.json'}")
     return 0
+
+
+def report(args) -> int:
+    """report/ of a catalysis run, rebuilt from what the run keeps on disk: summary.json (blocks.json
+    while a run is unfinished), labels.db and paths/. The parity figure evaluates the final model on
+    the labels, as the run does; --no-parity leaves it out and loads no model code."""
+    from ase.io import read
+
+    from reactforge.engine.registry import DEFAULT
+    from reactforge.engine.store import Store
+    from reactforge.schemas.protocol import BLOCK_NAMES
+    from reactforge.schemas.tasks import ModelRef
+    from reactforge.workflows.report import write_report
+
+    run_dir = args.run_dir
+    if not (run_dir / "protocol.sha256").is_file():
+        raise InputError(run_dir, ["not a run directory (no protocol.sha256)"])
+    store = Store(run_dir)
+    summary = store.read_json("summary.json") or {}
+    workflow = summary.get("workflow") or read_yaml(run_dir / "protocol.yaml").get("workflow", DEFAULT)
+    if workflow != "catalysis":
+        raise InputError(run_dir, [f"a {workflow} run has no report/ to rewrite (catalysis runs write one)"])
+    blocks = summary.get("blocks") or store.read_json("blocks.json") or {}
+    summary = {**summary, "blocks": blocks}
+    # block 6's history keeps each iteration's barriers row: the run's neb_history
+    neb = blocks.get(BLOCK_NAMES[6]) or {}
+    neb_history = [{"iteration": h["iteration"], **h["barriers"]} for h in neb.get("history", []) if "barriers" in h]
+    paths = {p.name[:-len(".xyz")]: {"energies_eV": [a.info.get("energy_mlff_eV") for a in read(p, ":")]}
+             for p in sorted(run_dir.glob("paths/*.xyz")) if not p.name.endswith(".validation.xyz")}
+    model = None
+    if args.parity and summary.get("model"):
+        model = ModelRef.model_validate(summary["model"])
+        # the run wrote models/<name>/<file> under the run directory as it was spelled then
+        kept = [Path(p) if Path(p).exists() else run_dir / "models" / Path(p).parent.name / Path(p).name
+                for p in model.paths]
+        if all(p.exists() for p in kept):
+            model = model.model_copy(update={"paths": [str(p) for p in kept]})
+        else:
+            print(f"note: the model files of summary.json are not under {run_dir / 'models'}; no parity figure",
+                  file=sys.stderr)
+            model = None
+    page = write_report(run_dir / "report", summary=summary, training_set=store.training_set(),
+                        neb_history=neb_history, paths=paths, model=model)
+    print(page)
+    return 0
+
+
+def examples(args) -> int:
+    """Without DEST, the shipped examples and their first comment line; with DEST, copies of them (and
+    their structures/) to edit: an existing file there is never overwritten."""
+    if args.dest is None:
+        for p in sorted(EXAMPLES.glob("*.yaml")):
+            first = next((ln.lstrip("# ").strip() for ln in p.read_text().splitlines() if ln.startswith("#")), "")
+            print(f"{p.stem:28s} {first}")
+        print(f"(in {EXAMPLES}; `reactforge check NAME` takes a name, `reactforge examples DEST` copies them)")
+        return 0
+    files = [p for p in sorted(EXAMPLES.rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
+    clashes = [args.dest / p.relative_to(EXAMPLES) for p in files if (args.dest / p.relative_to(EXAMPLES)).exists()]
+    if clashes:
+        raise InputError(args.dest, [f"{c} exists; choose another folder" for c in clashes[:3]])
+    for p in files:
+        target = args.dest / p.relative_to(EXAMPLES)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, target)
+    print(f"{len(files)} files in {args.dest}; e.g. reactforge check --site local-htex {args.dest / 'quickstart.yaml'}")
+    return 0
+
+
+def export_schema(args) -> int:
+    from reactforge.schemas.export import main as export
+
+    if args.dir is None:
+        export()  # the package's schemas/json/: in a checkout, the committed files
+    else:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        export(args.dir)
+    return 0
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("reactforge")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="reactforge", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"reactforge {_version()}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    def with_protocol(p, check_flag: bool):
+        p.add_argument("protocol", help="protocol YAML, or the name of a shipped example (see `examples`)")
+        p.add_argument("--site", default="local", help="a name in site-configs/ or a path to a site YAML (default local)")
+        p.add_argument("--run-dir", type=Path, help="run directory (default runs/<protocol name>)")
+        if check_flag:
+            p.add_argument("--check", action="store_true", help="the same as `reactforge check`: run nothing")
+            p.add_argument("--force-new", action="store_true", help="move an existing run of another protocol aside")
+            p.add_argument("--no-live", action="store_true", help="plain log lines instead of the live table")
+
+    p = sub.add_parser("run", help="run a protocol (the same command resumes it)")
+    with_protocol(p, check_flag=True)
+    p.set_defaults(func=run)
+    p = sub.add_parser("check", help="validate, print the plan and the executors (and SLURM lines); run nothing")
+    with_protocol(p, check_flag=False)
+    p.set_defaults(func=check)
+    p = sub.add_parser("report", help="rewrite a catalysis run's report/ (figures, index.html) from its files")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--no-parity", dest="parity", action="store_false",
+                   help="leave out the parity figure (it evaluates the final model on every label)")
+    p.set_defaults(func=report)
+    p = sub.add_parser("examples", help="list the shipped example protocols, or copy them to DEST")
+    p.add_argument("dest", type=Path, nargs="?", metavar="DEST")
+    p.set_defaults(func=examples)
+    p = sub.add_parser("export-schema", help="write the JSON Schemas of protocol and site files")
+    p.add_argument("dir", type=Path, nargs="?", metavar="DIR", help="default: the package's schemas/json/")
+    p.set_defaults(func=export_schema)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ap = _parser()
+    if not argv:
+        ap.print_help(sys.stderr)
+        return 2
+    if argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version"):
+        argv = ["run", *argv]  # no command: `reactforge [--check] [options] protocol.yaml`, as run.py always took
+    args = ap.parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
