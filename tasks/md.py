@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 from ase import Atoms, units
-from ase.constraints import FixAtoms
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
@@ -18,46 +17,8 @@ from reactforge.schemas.tasks import MDSpec
 
 from .context import TaskContext
 from .errors import UnphysicalResult
-from .mlff import load_mlff
-
-
-def plain_atoms(atoms: Atoms) -> Atoms:
-    """A calculator-free copy (numbers, positions, cell, pbc, constraints, info) for results.
-
-    Reference labels (info REF_*) of an input structure no longer describe moved positions, so they
-    are dropped; everything else in info is provenance and stays.
-    """
-    out = Atoms(
-        numbers=atoms.numbers.copy(),
-        positions=atoms.positions.copy(),
-        cell=atoms.cell.copy(),
-        pbc=atoms.pbc.copy(),
-    )
-    out.set_constraint([c.copy() for c in atoms.constraints if isinstance(c, FixAtoms)])
-    out.info = {k: v for k, v in atoms.info.items() if not str(k).startswith("REF_")}
-    return out
-
-
-def single_structure(structures: list[Atoms], kind: str) -> Atoms:
-    if len(structures) != 1:
-        raise ValueError(f"{kind} takes exactly one input structure, got {len(structures)}")
-    return structures[0]
-
-
-def apply_fixed_atoms(atoms: Atoms, fixed_atoms: list[int]) -> None:
-    """Add FixAtoms for spec.fixed_atoms (keeping any constraints the structure already carries)."""
-    if not fixed_atoms:
-        return
-    bad = [i for i in fixed_atoms if not 0 <= i < len(atoms)]
-    if bad:
-        raise ValueError(f"fixed_atoms: indices {bad} out of range for {len(atoms)} atoms")
-    atoms.set_constraint(list(atoms.constraints) + [FixAtoms(indices=sorted(set(fixed_atoms)))])
-
-
-def current_sigma(atoms: Atoms) -> np.ndarray:
-    """Per-atom σ (eV) the MLFF computed for the atoms' current positions."""
-    atoms.get_forces()  # a no-op when the calculator's results are current
-    return np.asarray(atoms.calc.results["sigma_per_atom"], dtype=float)
+from .mlff import current_sigma, load_mlff
+from .structures import apply_fixed_atoms, plain_atoms, single_structure
 
 
 def _finite(atoms: Atoms) -> bool:

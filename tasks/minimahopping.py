@@ -22,7 +22,7 @@ from reactforge.schemas.results import MinimaHoppingResult
 from reactforge.schemas.tasks import MinimaHoppingSpec
 
 from .context import TaskContext
-from .md import apply_fixed_atoms, plain_atoms, single_structure
+from .structures import apply_fixed_atoms, plain_atoms, single_structure
 
 
 class _EnoughMinima(Exception):
@@ -86,7 +86,6 @@ def _hop(folder: Path) -> None:
 
 def run(spec: MinimaHoppingSpec, structures: list[Atoms], ctx: TaskContext) -> MinimaHoppingResult:
     atoms = single_structure(structures, "minimahopping").copy()
-    atoms.calc = None
     apply_fixed_atoms(atoms, spec.fixed_atoms)
 
     # A fresh folder per attempt: ASE resumes from an existing hop.log, which a retry must not do.

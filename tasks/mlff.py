@@ -141,3 +141,9 @@ def sigma_per_atom(calc: Calculator, atoms) -> np.ndarray:
     a.calc = calc
     a.get_potential_energy()
     return np.asarray(calc.results["sigma_per_atom"], dtype=float)
+
+
+def current_sigma(atoms) -> np.ndarray:
+    """Per-atom σ (eV) the MLFF calculator attached to `atoms` computed for their current positions."""
+    atoms.get_forces()  # a no-op when the calculator's results are current
+    return np.asarray(atoms.calc.results["sigma_per_atom"], dtype=float)

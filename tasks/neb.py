@@ -24,9 +24,9 @@ from reactforge.schemas.tasks import NEBSpec
 
 from .context import TaskContext
 from .errors import UnphysicalResult
-from .md import apply_fixed_atoms, plain_atoms
-from .optimise import OPTIMIZERS
 from .mlff import load_mlff
+from .optimise import OPTIMIZERS
+from .structures import apply_fixed_atoms, plain_atoms
 
 
 class ImageCalculator(Calculator):
@@ -80,7 +80,6 @@ def initial_band(spec: NEBSpec, structures: list[Atoms]) -> list[Atoms]:
         images = [structures[0].copy()] + [structures[0].copy() for _ in range(spec.n_images)]
         images.append(structures[1].copy())
     for image in images:
-        image.calc = None
         apply_fixed_atoms(image, spec.fixed_atoms)
 
     if len(structures) == 2:

@@ -15,8 +15,8 @@ from reactforge.schemas.tasks import OptimiseSpec
 
 from .context import TaskContext
 from .errors import UnphysicalResult
-from .md import apply_fixed_atoms, current_sigma, plain_atoms, single_structure
-from .mlff import load_mlff
+from .mlff import current_sigma, load_mlff
+from .structures import apply_fixed_atoms, plain_atoms, single_structure
 
 OPTIMIZERS = {"BFGS": BFGS, "FIRE": FIRE, "LBFGS": LBFGS}
 
