@@ -23,3 +23,15 @@ class UnphysicalResult(TaskError):
     """NaN/inf, forces above the spec's bound, atoms lost: recorded and discarded, never retried."""
 
     failure_class = "unphysical"
+
+
+class ReferenceSetupError(TaskError):
+    """The reference cannot run here (binary or pseudopotential missing, bad input): retrying cannot help."""
+
+    failure_class = "error"
+
+
+class ReferenceFailed(TaskError):
+    """The reference code stopped with an error of its own (not SCF, not the launcher)."""
+
+    failure_class = "error"

@@ -24,16 +24,12 @@ from reactforge.schemas.results import NMRShieldingResult
 from reactforge.schemas.tasks import NMRShieldingSpec
 
 from .context import TaskContext
-from .errors import SCFNotConverged, UnphysicalResult
-from .references import (
-    ReferenceFailed,
-    ReferenceSetupError,
-    castep_scf_failed,
-    classify_launch_failure,
-    kpoint_grid,
-    required_binaries,
-    run_command,
-)
+from .errors import ReferenceFailed, ReferenceSetupError, SCFNotConverged, UnphysicalResult
+from .nmr.tensors import read_magres
+from .references import castep, espresso
+from .references.kpoints import kpoint_grid
+from .references.launch import classify_launch_failure, launch_env, required_binaries, run_command
+from .structures import plain_atoms
 
 SEED = "magres"
 
@@ -54,16 +50,11 @@ def run(spec: NMRShieldingSpec, structures: list[Atoms], ctx: TaskContext) -> NM
 
 
 def read_magres_file(path: str | Path | None) -> Atoms:
-    from ase.io import read
-
     if path is None:
         raise ValueError("code='precomputed' needs magres_file")
     if not Path(path).is_file():
         raise FileNotFoundError(f"magres_file {path} does not exist")
-    atoms = read(str(path), format="magres")
-    if "ms" not in atoms.arrays:
-        raise ValueError(f"{path}: no shielding ('ms') tensors in its [magres] block")
-    return atoms
+    return read_magres(path, shielding=True)
 
 
 def match_atoms(reference: Atoms, other: Atoms, tol_A: float = 1e-3) -> np.ndarray:
@@ -94,11 +85,7 @@ def to_result(magres: Atoms, atoms: Atoms | None, source: str, efg: bool = True)
     for name, t in (("shielding", ms), ("efg", efg_au)):
         if t is not None and not np.isfinite(t).all():
             raise UnphysicalResult(f"{source}: non-finite {name} tensors")
-    out = (atoms if atoms is not None else magres).copy()
-    out.calc = None
-    for key in list(out.arrays):
-        if key not in ("numbers", "positions"):
-            del out.arrays[key]
+    out = plain_atoms(atoms if atoms is not None else magres)
     return NMRShieldingResult(atoms=out, shielding_ppm=ms.tolist(),
                               efg_au=None if efg_au is None else efg_au.tolist(), source=source)
 
@@ -148,13 +135,12 @@ def _run_castep(spec: NMRShieldingSpec, atoms: Atoms, ctx: TaskContext) -> Atoms
     _write(work / f"{SEED}.param", param)
     executable = spec.executable or ("castep.mpi" if ctx.launch else "castep.serial")
     argv = shlex.split(ctx.launch) + shlex.split(executable) + [SEED]
-    env = {"OMP_NUM_THREADS": str(ctx.threads), **ctx.env}
+    env = launch_env(ctx)
     if spec.pseudo_dir:
         env["PSPOT_DIR"] = spec.pseudo_dir
     _launch(argv, work, "castep", env, spec.timeout_s, required_binaries(ctx, executable))
-    castep_out = work / f"{SEED}.castep"
-    if castep_out.is_file() and castep_scf_failed(castep_out.read_text(errors="replace")):
-        raise SCFNotConverged(f"castep: SCF not converged ({castep_out})")
+    if castep.scf_failed(work, SEED):
+        raise SCFNotConverged(f"castep: SCF not converged ({work / f'{SEED}.castep'})")
     err = sorted(work.glob(f"{SEED}.*.err"))
     if err and err[0].read_text(errors="replace").strip():
         raise ReferenceFailed(f"castep stopped with an error file {err[0]}:\n{err[0].read_text()[-3000:]}")
@@ -202,11 +188,11 @@ def gipaw_inputs(spec: NMRShieldingSpec, atoms: Atoms) -> tuple[str, dict[str, s
 def _run_gipaw(spec: NMRShieldingSpec, atoms: Atoms, ctx: TaskContext) -> Atoms:
     work = Path(ctx.workdir)
     pw_in, jobs = gipaw_inputs(spec, atoms)
-    env = {"OMP_NUM_THREADS": str(ctx.threads), **ctx.env}
+    env = launch_env(ctx)
     _write(work / "scf.pwi", pw_in)
     pw = shlex.split(ctx.launch) + shlex.split(spec.pw_executable) + ["-in", "scf.pwi"]
     _launch(pw, work, "pw", env, spec.timeout_s, required_binaries(ctx, spec.pw_executable))
-    if "convergence NOT achieved" in (work / "pw.out").read_text(errors="replace"):
+    if espresso.scf_failed(work, "pw.out"):
         raise SCFNotConverged("qe-gipaw: pw.x SCF not converged")
     gipaw_exe = spec.executable or "gipaw.x"
     files = {}
@@ -219,9 +205,7 @@ def _run_gipaw(spec: NMRShieldingSpec, atoms: Atoms, ctx: TaskContext) -> Atoms:
             raise ReferenceFailed(f"gipaw.x (job={job}) wrote no {files[job].name}; gipaw.x ≥ 7 writes magres files")
     magres = read_magres_file(files["nmr"])
     if "efg" in files:
-        from ase.io import read
-
-        efg = read(str(files["efg"]), format="magres")
+        efg = read_magres(files["efg"])
         magres.set_array("efg", efg.get_array("efg")[match_atoms(magres, efg)])
     return magres
 

@@ -5,7 +5,7 @@ Failures are raised, never returned, so a failed call can not become a label:
   performed but system has not reached the groundstate". The engine retries once with
   `spec.use_fallback=True`, which swaps in the reference's SCFFallback settings.
 - TransientError: the launcher or the node failed (walltime, node loss, MPI start-up, killed, timeout).
-- ReferenceSetupError / ReferenceFailed (tasks.references): code or pseudopotential missing, input error.
+- ReferenceSetupError / ReferenceFailed: code or pseudopotential missing, input error.
 - UnphysicalResult: NaN/inf, |F| above spec.max_force_eV_per_A, a result for a different number of atoms.
 
 energy_eV is the force-consistent (Mermin free) energy whose gradient the forces are, the quantity an
@@ -21,18 +21,11 @@ from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
 
 from reactforge.schemas.results import SinglePointResult
-from reactforge.schemas.tasks import CastepReference, EspressoReference, SinglePointSpec
+from reactforge.schemas.tasks import SinglePointSpec
 
 from .context import TaskContext
 from .errors import SCFNotConverged, TaskError, UnphysicalResult
-from .references import (
-    castep_scf_failed,
-    classify_failure,
-    espresso_scf_failed,
-    is_periodic_3d,
-    make_calculator,
-    reference_label,
-)
+from .references import classify_failure, is_periodic_3d, make_calculator, reference_label, scf_record_failed
 
 
 def run(spec: SinglePointSpec, structures: list[Atoms], ctx: TaskContext) -> SinglePointResult:
@@ -64,7 +57,7 @@ def run(spec: SinglePointSpec, structures: list[Atoms], ctx: TaskContext) -> Sin
     _check_physical(spec, n_atoms, energy, forces, stress)
 
     return SinglePointResult(
-        atoms=_bare(atoms),
+        atoms=atoms.copy(),  # ASE's copy never carries the calculator
         energy_eV=float(energy),
         forces_eV_per_A=forces.tolist(),
         stress_eV_per_A3=None if stress is None else stress.tolist(),
@@ -74,20 +67,9 @@ def run(spec: SinglePointSpec, structures: list[Atoms], ctx: TaskContext) -> Sin
     )
 
 
-def _bare(atoms: Atoms) -> Atoms:
-    a = atoms.copy()
-    a.calc = None
-    return a
-
-
 def _check_scf_record(ref, workdir: Path) -> None:
-    """A run can end 'successfully' unconverged (CASTEP single points; pw.x with scf_must_converge=.false.)."""
-    if isinstance(ref, EspressoReference) and espresso_scf_failed(workdir):
-        raise SCFNotConverged(f"espresso: SCF not converged in {workdir}")
-    if isinstance(ref, CastepReference):
-        out = workdir / "castep.castep"
-        if out.is_file() and castep_scf_failed(out.read_text(errors="replace")):
-            raise SCFNotConverged(f"castep: SCF not converged in {workdir}")
+    if scf_record_failed(ref, workdir):
+        raise SCFNotConverged(f"{ref.code}: SCF not converged in {workdir}")
 
 
 def _check_physical(spec: SinglePointSpec, n_atoms: int, energy, forces: np.ndarray, stress) -> None:

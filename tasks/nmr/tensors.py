@@ -29,11 +29,14 @@ SPIN = {"17O": 2.5, "1H": 0.5, "13C": 0.5, "15N": 0.5, "2H": 1.0, "23Na": 1.5, "
 EFG_AU_V_PER_M2 = C.physical_constants["atomic unit of electric field gradient"][0]
 
 
-def read_magres(path: str | Path) -> Atoms:
-    """Read a CASTEP .magres file; arrays 'ms' (σ, ppm) and/or 'efg' (a.u.) are 3×3 per atom."""
+def read_magres(path: str | Path, shielding: bool = False) -> Atoms:
+    """Read a .magres file (CASTEP or QE-GIPAW); arrays 'ms' (σ, ppm) and/or 'efg' (a.u.) are 3×3 per atom.
+    With `shielding` a file without 'ms' tensors is an error."""
     from ase.io import read
 
     atoms = read(str(path), format="magres")
+    if shielding and "ms" not in atoms.arrays:
+        raise ValueError(f"{path}: no shielding ('ms') tensors in its [magres] block")
     if "ms" not in atoms.arrays and "efg" not in atoms.arrays:
         raise ValueError(f"{path}: no [magres] block with ms or efg tensors")
     return atoms
