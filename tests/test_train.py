@@ -16,16 +16,8 @@ from conftest import emt_label, tiny_gap_spec
 from reactforge.schemas.tasks import GAPModelSpec, TrainSpec, TwoBodyDescriptor
 from reactforge.tasks.context import TaskContext
 from reactforge.tasks.mlff import load_mlff, sigma_per_atom
-from reactforge.tasks.train import (
-    TrainingFailed,
-    files_sha256,
-    gap_fit_command,
-    gap_fit_invocation,
-    gap_training_images,
-    reference_energies,
-    run,
-    split_training_set,
-)
+from reactforge.tasks.train import TrainingFailed, files_sha256, reference_energies, run, split_training_set
+from reactforge.tasks.training.gap import gap_fit_command, gap_fit_invocation, gap_training_images
 
 
 def _gap_terms(cmd: list[str]) -> list[dict[str, str]]:
@@ -273,7 +265,7 @@ def test_soap_cutoffs_validated():
 
 
 def test_mace_training_file_carries_weights_and_stress():
-    from reactforge.tasks.train import mace_training_images
+    from reactforge.tasks.training.mace import mace_training_images
 
     images, dimer, _ = _small_set()
     dimer.info.update(energy_weight=0.2, force_weight=0.2)
@@ -351,7 +343,7 @@ def test_mace_fine_tunes_a_local_model_file(tiny_mace_fit, emt_cu_training_set, 
 
 def test_a_fitter_killed_by_a_signal_is_transient(tmp_path):
     from reactforge.tasks.errors import TransientError
-    from reactforge.tasks.train import _run_all_logged
+    from reactforge.tasks.train import run_logged as _run_all_logged
 
     with pytest.raises(TransientError, match="exited with -9"):
         _run_all_logged([(["sh", "-c", "echo fitting; kill -9 $$"], tmp_path, tmp_path / "fit.log")], {})
@@ -364,7 +356,7 @@ def test_pair_terms_only_for_pairs_in_the_data():
     from ase import Atoms
 
     from reactforge.schemas.tasks import GAPModelSpec, TwoBodyDescriptor
-    from reactforge.tasks.train import distance_2b_terms, pairs_within
+    from reactforge.tasks.training.gap import distance_2b_terms, pairs_within
 
     cu2 = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]], cell=[10, 10, 10], pbc=True)
     cuh = Atoms("CuH", positions=[[0, 0, 0], [0, 0, 6.0]], cell=[15, 15, 15], pbc=True)  # H beyond the cut-off

@@ -1,0 +1,115 @@
+"""A MACE committee through `mace_run_train`: one member per seed, each in its own directory."""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from reactforge.schemas.tasks import MACEModelSpec
+
+from ..structures import plain_atoms
+from ..train import TrainingFailed, fitter_executable, reference_energies, run_logged, stress_3x3, write_training_file
+
+
+def mace_training_images(configs: list[Atoms]) -> list[Atoms]:
+    """extxyz for mace_run_train: weights as MACE's config_energy_weight / config_forces_weight."""
+    images = []
+    for atoms in configs:
+        a = plain_atoms(atoms, provenance=False)
+        a.info["REF_energy"] = float(atoms.info["REF_energy"])
+        a.arrays["REF_forces"] = np.asarray(atoms.arrays["REF_forces"], dtype=float)
+        if "REF_stress" in atoms.info and a.pbc.all():
+            s = np.asarray(atoms.info["REF_stress"], dtype=float)
+            a.info["REF_stress"] = stress_3x3(s).reshape(-1) if s.shape == (6,) else s.reshape(-1)
+        a.info["config_type"] = str(atoms.info.get("config_type", "Default"))
+        w_e, w_f = float(atoms.info.get("energy_weight", 1.0)), float(atoms.info.get("force_weight", 1.0))
+        a.info["config_energy_weight"] = w_e
+        a.info["config_forces_weight"] = w_f
+        a.info["config_stress_weight"] = w_e
+        images.append(a)
+    return images
+
+
+def mace_command(spec: MACEModelSpec, seed: int, e0: dict[int, float], device: str, has_stress: bool) -> list[str]:
+    """mace_run_train arguments for one committee member, run inside its own directory."""
+    e0_text = "{" + ", ".join(f"{z}: {float(e)!r}" for z, e in e0.items()) + "}"
+    cmd = [
+        fitter_executable("mace_run_train"),
+        f"--name=member_{seed}",
+        f"--seed={seed}",
+        "--train_file=../train.xyz",
+        f"--valid_fraction={spec.valid_fraction}",
+        "--energy_key=REF_energy",
+        "--forces_key=REF_forces",
+        f"--E0s={e0_text}",
+        "--model=MACE",
+        f"--max_num_epochs={spec.max_num_epochs}",
+        f"--patience={spec.patience}",
+        f"--batch_size={spec.batch_size}",
+        f"--valid_batch_size={spec.batch_size}",
+        f"--lr={spec.lr}",
+        f"--weight_decay={spec.weight_decay}",
+        f"--energy_weight={spec.energy_weight}",
+        f"--forces_weight={spec.forces_weight}",
+        f"--default_dtype={spec.default_dtype}",
+        f"--device={device}",
+        "--scaling=rms_forces_scaling",
+        "--save_cpu",
+    ]
+    if spec.foundation_model is None:
+        cmd += [
+            f"--r_max={spec.r_max_A}",
+            f"--num_interactions={spec.num_interactions}",
+            f"--hidden_irreps={spec.hidden_irreps}",
+            f"--max_L={spec.max_L}",
+            f"--max_ell={spec.max_ell}",
+            f"--correlation={spec.correlation}",
+        ]
+    else:  # fine-tuning (thesis ch. 4): the architecture comes from the model file
+        path = Path(spec.foundation_model)
+        if not path.is_file():
+            raise ValueError(f"model.foundation_model: {path} is not a file (fine-tuning takes a local model file)")
+        cmd += [f"--foundation_model={path.resolve()}", "--multiheads_finetuning=False"]
+    if has_stress:
+        cmd += ["--stress_key=REF_stress", "--loss=stress", f"--stress_weight={spec.stress_weight}"]
+    if spec.ema_decay is not None:
+        cmd += ["--ema", f"--ema_decay={spec.ema_decay}"]
+    if spec.stage_two_start_epoch is not None and spec.stage_two_start_epoch < spec.max_num_epochs:
+        cmd += [
+            "--stage_two",
+            f"--start_stage_two={spec.stage_two_start_epoch}",
+            f"--stage_two_energy_weight={spec.stage_two_energy_weight}",
+            f"--stage_two_forces_weight={spec.stage_two_forces_weight}",
+            f"--stage_two_lr={spec.stage_two_lr}",
+        ]
+    return cmd
+
+
+def fit(spec: MACEModelSpec, configs, isolated, workdir: Path, seed: int, device: str, threads: int):
+    seeds = spec.seeds if spec.seeds is not None else [seed + k for k in range(spec.committee_size)]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"model.seeds must differ between committee members, got {seeds}")
+    e0 = reference_energies(configs, isolated)
+    has_stress = any("REF_stress" in a.info and a.pbc.all() for a in configs)
+    write_training_file(workdir / "train.xyz", mace_training_images(configs))
+    jobs = []
+    for s in seeds:
+        member = workdir / f"member_{s}"
+        member.mkdir(exist_ok=True)
+        for old in member.glob("*.model"):  # a retried task must not pick up a model of the failed try
+            old.unlink()
+        jobs.append((mace_command(spec, s, e0, device, has_stress), member, member / "mace_run_train.log"))
+    # members train side by side (they share the device; the cores are split between them)
+    per_member = str(max(1, threads // len(seeds)))
+    run_logged(jobs, {"OMP_NUM_THREADS": per_member, "MKL_NUM_THREADS": per_member})
+    paths = []
+    for s, (_, member, _) in zip(seeds, jobs):
+        # the plain torch.save model (MACECalculator loads it on any device); stage two's file if it ran
+        candidates = [member / f"member_{s}_stagetwo.model", member / f"member_{s}.model"]
+        model = next((p for p in candidates if p.exists()), None)
+        if model is None:
+            raise TrainingFailed(f"mace_run_train finished without writing {candidates[-1]}")
+        paths.append(model)
+    return paths, list(paths), e0, [shlex.join(cmd) for cmd, _, _ in jobs]
