@@ -108,3 +108,31 @@ def test_quickstart_validates_and_resolves_paths(tmp_path):
     f.parent.mkdir()
     f.write_text(yaml.safe_dump(d))
     assert load_protocol(f).resolve("bulk.cif") == f.parent.resolve() / "bulk.cif"
+
+
+def test_one_loader_records_the_folder_for_every_workflow(tmp_path, monkeypatch):
+    """schemas.loading.load_protocol picks the schema from the file (as the command line does), records
+    the file's folder, and protocol.resolve is then how any relative name in it becomes a path."""
+    from reactforge.schemas.batch import BatchProtocol
+    from reactforge.schemas.loading import InputError
+    from reactforge.schemas.loading import load_protocol as load
+    from reactforge.schemas.nmr import NMRProtocol
+
+    schemas = {"catalysis": Protocol, "nmr": NMRProtocol, "tasks": BatchProtocol}
+
+    def pick(data):
+        if data.get("workflow", "catalysis") not in schemas:
+            raise InputError("p.yaml", ["unknown workflow"])
+        return schemas[data.get("workflow", "catalysis")]
+
+    for example in ("quickstart", "nmr_precomputed", "singlepoints"):
+        p = load(ROOT / "examples" / f"{example}.yaml", pick)
+        assert p.base_dir == (ROOT / "examples").resolve()
+        assert p.resolve("structures/x.xyz") == (ROOT / "examples").resolve() / "structures" / "x.xyz"
+        assert p.resolve("/abs/x.xyz") == Path("/abs/x.xyz")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("workflow: nope\nname: x\n")
+    with pytest.raises(InputError, match="unknown workflow"):
+        load(bad, pick)
+    monkeypatch.chdir(tmp_path)  # a protocol built in code resolves against the working directory
+    assert Protocol.model_validate(minimal()).resolve("bulk.cif") == tmp_path / "bulk.cif"
