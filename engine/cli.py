@@ -136,19 +136,22 @@ def run(args) -> int:
 
 def report(args) -> int:
     """report/ of a catalysis run, rebuilt from what the run keeps on disk: summary.json (blocks.json
-    while a run is unfinished), labels.db and paths/. The parity figure evaluates the final model on
-    the labels, as the run does; --no-parity leaves it out and loads no model code."""
+    while a run is unfinished), labels.db and paths/. The parity figure's numbers are `evaluate` tasks
+    of the final model through an engine on the run directory: those the run finished come from its
+    journal, the rest run on --site. --no-parity leaves the figure out."""
     from ase.io import read
 
+    from reactforge.engine.engine import Engine, TaskFailed
     from reactforge.engine.registry import DEFAULT
     from reactforge.engine.store import Store
     from reactforge.schemas.protocol import BLOCK_NAMES
     from reactforge.schemas.tasks import ModelRef
-    from reactforge.workflows.report import write_report
+    from reactforge.workflows.report import evaluate_training_set, write_report
 
     run_dir = args.run_dir
     if not (run_dir / "protocol.sha256").is_file():
         raise InputError(run_dir, ["not a run directory (no protocol.sha256)"])
+    _, site = load_site(args.site)
     store = Store(run_dir)
     summary = store.read_json("summary.json") or {}
     workflow = summary.get("workflow") or read_yaml(run_dir / "protocol.yaml").get("workflow", DEFAULT)
@@ -161,20 +164,25 @@ def report(args) -> int:
     neb_history = [{"iteration": h["iteration"], **h["barriers"]} for h in neb.get("history", []) if "barriers" in h]
     paths = {p.name[:-len(".xyz")]: {"energies_eV": [a.info.get("energy_mlff_eV") for a in read(p, ":")]}
              for p in sorted(run_dir.glob("paths/*.xyz")) if not p.name.endswith(".validation.xyz")}
-    model = None
+    training_set = store.training_set()
+    parity_data = None
     if args.parity and summary.get("model"):
         model = ModelRef.model_validate(summary["model"])
-        # the run wrote models/<name>/<file> under the run directory as it was spelled then
+        # the run wrote models/<name>/<file> under the run directory as it was spelled then; a moved run
+        # directory still has them (the model's identity is its sha256, not its paths)
         kept = [Path(p) if Path(p).exists() else run_dir / "models" / Path(p).parent.name / Path(p).name
                 for p in model.paths]
         if all(p.exists() for p in kept):
             model = model.model_copy(update={"paths": [str(p) for p in kept]})
+            try:
+                with Engine(site, run_dir) as engine:
+                    parity_data = evaluate_training_set(engine, model, training_set)
+            except TaskFailed as err:
+                print(f"note: no parity figure: {err}", file=sys.stderr)
         else:
-            print(f"note: the model files of summary.json are not under {run_dir / 'models'}; no parity figure",
-                  file=sys.stderr)
-            model = None
-    page = write_report(run_dir / "report", summary=summary, training_set=store.training_set(),
-                        neb_history=neb_history, paths=paths, model=model)
+            print(f"note: no parity figure: the final model's files are not in {run_dir / 'models'}", file=sys.stderr)
+    page = write_report(store, summary=summary, training_set=training_set, neb_history=neb_history,
+                        paths=paths, parity_data=parity_data)
     print(page)
     return 0
 
@@ -243,8 +251,9 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=check)
     p = sub.add_parser("report", help="rewrite a catalysis run's report/ (figures, index.html) from its files")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--site", default="local", help="where evaluations the run's journal lacks run (default local)")
     p.add_argument("--no-parity", dest="parity", action="store_false",
-                   help="leave out the parity figure (it evaluates the final model on every label)")
+                   help="leave out the parity figure (the final model evaluated on every label)")
     p.set_defaults(func=report)
     p = sub.add_parser("examples", help="list the shipped example protocols, or copy them to DEST")
     p.add_argument("dest", type=Path, nargs="?", metavar="DEST")

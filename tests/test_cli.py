@@ -1,4 +1,5 @@
-"""run.py: --check, bad input -> exit 2 naming file and field, resume / changed protocol / --force-new."""
+"""The command line through run.py: --check, bad input -> exit 2 naming file and field, resume / changed
+protocol / --force-new; the subcommands check, examples, export-schema and report."""
 from __future__ import annotations
 
 import json
@@ -131,3 +132,110 @@ def test_missing_structure_file_is_exit_2_and_writes_nothing(tmp_path):
     p = cli("--run-dir", run_dir, "--no-live", bad)
     assert p.returncode == 2 and "jobs.0.structures.0" in p.stderr and "nowhere.xyz" in p.stderr
     assert not run_dir.exists()
+
+
+# ---------------------------------------------------------------------------------------------- subcommands
+
+
+def test_check_takes_a_shipped_example_by_name_from_any_folder(tmp_path):
+    p = cli("check", "--site", "local-htex", "quickstart", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "examples/quickstart.yaml (workflow catalysis) is valid" in p.stdout and "block 6" in p.stdout
+    p = cli("check", "no-such-example", cwd=tmp_path)
+    assert p.returncode == 2 and "quickstart" in p.stderr  # the message lists the examples
+
+
+def test_examples_are_listed_and_copied_with_their_structures(tmp_path):
+    p = cli("examples")
+    assert p.returncode == 0 and "quickstart" in p.stdout and "singlepoints" in p.stdout
+    dest = tmp_path / "mine"
+    p = cli("examples", dest)
+    assert p.returncode == 0, p.stderr
+    assert (dest / "structures" / "h2o.xyz").exists()
+    p = cli("check", dest / "singlepoints.yaml", cwd=tmp_path)  # its structure paths resolve in the copy
+    assert p.returncode == 0, p.stderr
+    p = cli("examples", dest)  # never overwrites
+    assert p.returncode == 2 and "exists" in p.stderr
+
+
+def test_export_schema_writes_the_committed_schemas(tmp_path):
+    p = cli("export-schema", tmp_path / "json")
+    assert p.returncode == 0, p.stderr
+    for committed in (ROOT / "schemas" / "json").glob("*.json"):
+        assert json.loads((tmp_path / "json" / committed.name).read_text()) == json.loads(committed.read_text())
+
+
+def test_no_arguments_is_exit_2_with_the_commands():
+    p = cli()
+    assert p.returncode == 2 and "export-schema" in p.stderr
+
+
+def _catalysis_run_dir(run_dir: Path, training_set, model) -> None:
+    """What a finished catalysis run leaves on disk for its report: labels, summary.json with block 6's
+    history, a final band in paths/."""
+    from ase.io import write
+
+    from reactforge.engine.store import Store
+    from reactforge.schemas.results import SinglePointResult
+
+    Store.claim(run_dir, "workflow: catalysis\n", force_new=False)
+    store = Store(run_dir)
+    for i, a in enumerate(training_set):
+        atoms = a.copy()
+        atoms.info, forces = {}, atoms.arrays.pop("REF_forces")
+        result = SinglePointResult(atoms=atoms, energy_eV=a.info["REF_energy"], forces_eV_per_A=forces.tolist(),
+                                   reference="emt")
+        store.add_label(result, block="initial" if i < 10 else "neb", iteration=0 if i < 10 else 1,
+                        reason="bulk" if i < 10 else "NEB image", task=f"task{i:03d}", config_type=a.info["config_type"])
+    rows = [{"iteration": k, "barriers": {"hop": {"mlff_barrier_eV": e, "reference_barrier_eV": 0.5,
+                                                  "mlff_energies_eV": [0.0, e, 0.1],
+                                                  "reference_energies_eV": [None, 0.5, None]}}}
+            for k, e in ((1, 0.8), (2, 0.55))]
+    summary = {"workflow": "catalysis", "protocol": "cu-hop", "wall_s": 12.5,
+               "blocks": {"initial": {"iterations": 0, "labels_added": 10, "termination_met": True},
+                          "neb": {"iterations": 2, "labels_added": 9, "termination_met": True, "history": rows}},
+               "barriers": [{"reaction": "hop", "permutations_screened": 1, "mlff_barrier_eV": 0.55,
+                             "reference_barrier_eV": 0.5, "abs_error_eV": 0.05}],
+               "validation": {}, "model": model.model_dump(mode="json")}
+    store.write_json("summary.json", summary)
+    band = [training_set[0].copy() for _ in range(3)]
+    for atoms, e in zip(band, (0.0, 0.55, 0.1)):
+        atoms.info = {"energy_mlff_eV": e}
+    (run_dir / "paths").mkdir()
+    write(run_dir / "paths" / "hop.xyz", band)
+
+
+def test_report_is_rebuilt_from_the_run_directory(tmp_path, emt_cu_training_set, tiny_gap_model):
+    import sqlite3
+
+    run_dir = tmp_path / "run"
+    _catalysis_run_dir(run_dir, emt_cu_training_set, tiny_gap_model)
+    p = cli("report", run_dir, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    report = run_dir / "report"
+    assert {f.name for f in report.glob("*.png")} == {"training_growth.png", "barrier_history.png",
+                                                      "energy_profile.png", "parity.png"}
+    page = (report / "index.html").read_text()
+    assert "hop" in page and "cu-hop" in page and "parity.png" in page
+
+    # the parity numbers are evaluate tasks in the run's journal: the second report computes nothing
+    def evaluations():
+        with sqlite3.connect(run_dir / "journal.db") as db:
+            return db.execute("select count(*) from tasks where kind='evaluate' and status='done'").fetchone()[0]
+
+    assert evaluations() == 1
+    assert cli("report", run_dir).returncode == 0 and evaluations() == 1
+    (report / "parity.png").unlink()
+    p = cli("report", "--no-parity", run_dir)
+    assert p.returncode == 0 and not (report / "parity.png").exists()
+
+
+def test_report_of_what_is_no_catalysis_run_is_exit_2(tmp_path):
+    from reactforge.engine.store import Store
+
+    p = cli("report", tmp_path)
+    assert p.returncode == 2 and "not a run directory" in p.stderr
+    Store.claim(tmp_path / "nmr", "workflow: nmr\n", force_new=False)
+    (tmp_path / "nmr" / "summary.json").write_text('{"workflow": "nmr"}')
+    p = cli("report", tmp_path / "nmr")
+    assert p.returncode == 2 and "nmr run has no report" in p.stderr
