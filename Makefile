@@ -7,7 +7,7 @@ SITE   ?= local-htex
 .PHONY: demo test test-all setup system-deps bench clean-venv
 
 demo: setup
-	$(PY) run.py --site $(SITE) examples/quickstart.yaml
+	$(VENV)/bin/reactforge run --site $(SITE) examples/quickstart.yaml
 
 test: setup
 	$(PY) -m pytest -q
@@ -26,11 +26,13 @@ system-deps:
 	fi
 
 # torch 2.13.0 first: it is the local CPU build; mace-torch would otherwise pull a CUDA build.
+# The `all` extra: MACE/MFN (`mace`) and the NMR tests' reference implementations (`test`), which the
+# test suite needs; the catalysis protocol alone runs on `pip install .`.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[all]'
 	touch $(STAMP)
 
 bench: setup
