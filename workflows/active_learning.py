@@ -1,44 +1,70 @@
 """The active-learning loop of thesis Fig. 3.3b: simulate -> sample -> label -> retrain.
 
 A Campaign holds what every block shares: the engine, the store, the reference, the model spec and
-the current model. Blocks call `label` (reference single points, stored the moment each finishes),
-`retrain` and `md_block` (blocks 1-4: MD until a full run never breaches σ_thr).
+the current model. Blocks call `label` (reference single points, stored the moment each finishes; it
+returns a `Labels` whose counts the block reads once they are settled), `retrain` and `md_block`
+(blocks 1-4: MD until a full run never breaches σ_thr). Each block builds and returns its own
+`BlockReport`.
 """
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
+from functools import partial
+from typing import NamedTuple
 
 from ase import Atoms
 
+from reactforge.engine.futures import settled, then
+from reactforge.schemas.results import SinglePointResult
 from reactforge.schemas.tasks import MDSpec, ModelRef, SinglePointSpec, TrainSpec
 
 # MD seeds are SEED_STRIDE × protocol seed + 1000 × iteration + run index: seed 0 keeps its old
 # trajectories, and another protocol seed shares none of them
 SEED_STRIDE = 1_000_000
 
-
-def then(fut: Future, fn) -> Future:
-    """A future resolved after `fn(fut)` has run: wait on this, not on `fut`, when `fn` submits more
-    work (a plain done-callback may still be running when waiters on `fut` wake up)."""
-    out: Future = Future()
-
-    def callback(f: Future):
-        try:
-            out.set_result(fn(f))
-        except BaseException as err:  # noqa: BLE001 - handed to the waiter
-            out.set_exception(err)
-
-    fut.add_done_callback(callback)
-    return out
+MD_CRITERION = "max per-atom σ over full MD runs (eV) < σ_thr"
 
 
-def canonical_order(configs: list) -> list:
-    """The training set in an order fixed by its content (the labelling task's key), not by which
-    reference call happened to finish first: the fit's input then depends only on what was labelled,
-    and an active-learning run amplifies any difference between two fits into different samples."""
-    return sorted(configs, key=lambda a: a.info["task"])
+class Stored(NamedTuple):
+    """A label in the store: its reference result, and whether it is new to this campaign (a structure
+    labelled twice, or a task shared by two submissions, counts once)."""
+
+    result: SinglePointResult
+    new: bool
+
+
+@dataclass(frozen=True)
+class Labels:
+    """The reference labels of one `Campaign.label` call. Each future resolves to `Stored` once its label
+    is in the store, or raises TaskFailed (the label is discarded). The counts wait for them."""
+
+    futures: tuple[Future, ...] = ()
+
+    def wait(self) -> Labels:
+        wait(self.futures)
+        return self
+
+    @property
+    def calls(self) -> int:
+        return len(self.futures)
+
+    @property
+    def added(self) -> int:
+        return sum(1 for s in self._settled() if s is not None and s.new)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for s in self._settled() if s is None)
+
+    def results(self) -> list[SinglePointResult | None]:
+        """Reference results in submission order; None where the label was discarded."""
+        return [s.result if s is not None else None for s in self._settled()]
+
+    def _settled(self) -> list[Stored | None]:
+        return [settled(f) for f in self.futures]
 
 
 @dataclass
@@ -56,6 +82,13 @@ class BlockReport:
     history: list[dict] = field(default_factory=list)  # per iteration: criterion value, labels, model
     breach_trace: dict | None = None  # σ trace of the first MD that breached (thesis Fig. 3.2)
 
+    def count(self, *labels: Labels) -> None:
+        """Add labels' calls, additions and failures to this block's (waits for them to settle)."""
+        for batch in labels:
+            self.reference_calls += batch.calls
+            self.labels_added += batch.added
+            self.labels_failed += batch.failed
+
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
@@ -71,7 +104,7 @@ class Campaign:
         self.max_force_eV_per_A = max_force_eV_per_A
         self.seed = seed  # offsets every MD thermostat seed: another seed, another independent run
         self.model: ModelRef | None = None
-        self._labels: list[Future] = []
+        self._in_flight: list[Future] = []  # stored-label futures not yet waited for
         # task keys of this campaign's labels: training uses exactly these, so a resumed run replays
         # the same fits even when the store already holds labels of later blocks
         self.labelled: set[str] = set()
@@ -79,46 +112,44 @@ class Campaign:
 
     # ------------------------------------------------------------------ labelling
     def label(self, structures: list[Atoms], *, block: str, iteration: int, reason: str,
-              energy_weight: float = 1.0, force_weight: float = 1.0, config_type: str | None = None,
-              report: BlockReport | None = None) -> list[Future]:
+              energy_weight: float = 1.0, force_weight: float = 1.0, config_type: str | None = None) -> Labels:
         """Submit reference single points; each label is stored as soon as its calculation succeeds."""
         spec = SinglePointSpec(reference=self.reference, max_force_eV_per_A=self.max_force_eV_per_A)
+        provenance = dict(block=block, iteration=iteration, reason=reason, energy_weight=energy_weight,
+                          force_weight=force_weight, config_type=config_type)
         futures = []
         for atoms in structures:
             fut = self.engine.submit(spec, [atoms])
-            key = fut.key
+            futures.append(then(fut, partial(self._store_label, key=fut.key, provenance=provenance)))
+        with self._lock:
+            self._in_flight.extend(futures)
+        return Labels(tuple(futures))
 
-            def store(f: Future, key=key):
-                if f.exception() is not None:
-                    if report is not None:
-                        report.labels_failed += 1
-                    self.progress.log(f"label discarded: {f.exception()}")
-                    return f.result()  # re-raises TaskFailed for whoever waits on the label
-                self.store.add_label(f.result(), block=block, iteration=iteration, reason=reason, task=key,
-                                     energy_weight=energy_weight, force_weight=force_weight,
-                                     config_type=config_type)
-                with self._lock:
-                    new = key not in self.labelled
-                    self.labelled.add(key)
-                if report is not None and new:
-                    report.labels_added += 1
-                return f.result()
-
-            if report is not None:
-                report.reference_calls += 1
-            futures.append(then(fut, store))  # resolves once the label is in the store
-        self._labels.extend(futures)
-        return futures
+    def _store_label(self, f: Future, *, key: str, provenance: dict) -> Stored:
+        """Runs in the thread that finished the reference call."""
+        if f.exception() is not None:
+            self.progress.log(f"label discarded: {f.exception()}")
+            f.result()  # re-raises TaskFailed for whoever waits on the label
+        self.store.add_label(f.result(), task=key, **provenance)
+        with self._lock:
+            new = key not in self.labelled
+            self.labelled.add(key)
+        return Stored(f.result(), new)
 
     def wait_labels(self) -> None:
-        wait(self._labels)
-        self._labels = [f for f in self._labels if not f.done()]
+        with self._lock:
+            in_flight = self._in_flight
+        wait(in_flight)
+        with self._lock:
+            self._in_flight = [f for f in self._in_flight if not f.done()]
 
     # ------------------------------------------------------------------ training
     def retrain(self, name: str) -> ModelRef:
         """Fit the model to everything labelled so far (waits for labels in flight)."""
         self.wait_labels()
-        training = canonical_order([a for a in self.store.training_set() if a.info["task"] in self.labelled])
+        # the store's order is fixed by content (task key), not by which reference call finished first:
+        # a fit's input depends only on what was labelled
+        training = [a for a in self.store.training_set() if a.info["task"] in self.labelled]
         self.progress.set_stage(f"{name}: training on {len(training)} configurations")
         result = self.engine.run(TrainSpec(model=self.model_spec), training)
         kept = self.store.keep_model(result.model.paths, name)
@@ -127,56 +158,63 @@ class Campaign:
         return self.model
 
     # ------------------------------------------------------------------ MD blocks (1-4)
-    def md_block(self, name: str, structures: list[Atoms], md: dict, max_iterations: int,
-                 report: BlockReport | None = None) -> BlockReport:
+    def md_block(self, name: str, structures: list[Atoms], md: dict, max_iterations: int) -> BlockReport:
         """Iterate MD on every structure until no run breaches σ_thr (thesis blocks 1-4).
 
         `md` holds MDSpec fields other than the model (steps, temperature_K, sigma_thr_eV, ...).
         Breaching configurations are labelled the moment their MD ends; runs that never breach
         contribute their highest-σ configuration (thesis §3.2) unless every run was clean.
         """
-        report = report or BlockReport(name, criterion="max per-atom σ over full MD runs (eV) < σ_thr")
+        report = BlockReport(name, criterion=MD_CRITERION)  # what a block of no rounds reports
+        for report in self.md_rounds(name, structures, md, max_iterations):
+            pass
+        return report
+
+    def md_rounds(self, name: str, structures: list[Atoms], md: dict,
+                  max_iterations: int) -> Iterator[BlockReport]:
+        """`md_block` one round at a time: yields the block's report (one object, updated) after each
+        round, once the round's labels are stored and counted; asking for the next round retrains on
+        them first."""
+        report = BlockReport(name, criterion=MD_CRITERION)
         if self.model is None:
             self.retrain(f"{name}-0")
-        for iteration in range(report.iterations + 1, max_iterations + 1):
+        for iteration in range(1, max_iterations + 1):
             self.progress.set_stage(f"{name}: iteration {iteration} MD on {len(structures)} structures")
-            clean: list = []
-
-            def on_md(f: Future, iteration=iteration):
-                if f.exception() is not None:
-                    self.progress.log(f"{name}: MD failed: {f.exception()}")
-                    return
-                r = f.result()
-                if r.breached:
-                    if report.breach_trace is None:
-                        report.breach_trace = {"steps": r.trace_steps, "sigma_eV": r.sigma_trace_eV,
-                                               "symbols": r.sampled.get_chemical_symbols(),
-                                               "sigma_thr_eV": md.get("sigma_thr_eV", 0.05),
-                                               "iteration": iteration}
-                    self.label([r.sampled], block=name, iteration=iteration, reason="threshold breach",
-                               report=report)
-                else:
-                    clean.append(r)
-
-            futures, handled = [], []
-            for i, atoms in enumerate(structures):
-                spec = MDSpec(model=self.model, seed=SEED_STRIDE * self.seed + 1000 * iteration + i, **md)
-                fut = self.engine.submit(spec, [atoms])
-                handled.append(then(fut, on_md))
-                futures.append(fut)
-            wait(handled)
-            results = [f.result() for f in futures if f.exception() is None]
+            runs = [self.engine.submit(MDSpec(model=self.model, seed=SEED_STRIDE * self.seed + 1000 * iteration + i,
+                                              **md), [atoms])
+                    for i, atoms in enumerate(structures)]
+            # a breaching configuration is labelled the moment its MD ends
+            breach_labels = [then(f, partial(self._label_breach, name=name, iteration=iteration)) for f in runs]
+            wait(breach_labels)
+            results = [r for r in map(settled, runs) if r is not None]
             breached = [r for r in results if r.breached]
             worst = max((r.max_sigma_eV for r in results), default=float("nan"))
+            if breached and report.breach_trace is None:
+                r = breached[0]
+                report.breach_trace = {"steps": r.trace_steps, "sigma_eV": r.sigma_trace_eV,
+                                       "symbols": r.sampled.get_chemical_symbols(),
+                                       "sigma_thr_eV": md.get("sigma_thr_eV", 0.05), "iteration": iteration}
             report.iterations = iteration
             report.criterion_value = worst
             report.history.append({"iteration": iteration, "max_sigma_eV": worst, "breached": len(breached),
                                    "runs": len(results), "training_set": self.store.count()})
-            if results and not breached and len(results) == len(futures):
+            if results and not breached and len(results) == len(runs):
                 report.termination_met = True
-                break
-            self.label([r.sampled for r in clean], block=name, iteration=iteration, reason="highest uncertainty",
-                       report=report)
+                yield report
+                return
+            clean = self.label([r.sampled for r in results if not r.breached], block=name, iteration=iteration,
+                               reason="highest uncertainty")
+            self.wait_labels()
+            report.count(*[labels for labels in (f.result() for f in breach_labels) if labels], clean)
+            yield report
             self.retrain(f"{name}-{iteration}")
-        return report
 
+    def _label_breach(self, f: Future, *, name: str, iteration: int) -> Labels | None:
+        """Runs in the thread that finished the MD: the breaching configuration's label, if it breached."""
+        if f.exception() is not None:
+            self.progress.log(f"{name}: MD failed: {f.exception()}")
+            return None
+        r = f.result()
+        if not r.breached:
+            return None
+        return self.label([r.sampled], block=name, iteration=iteration, reason="threshold breach")

@@ -5,68 +5,75 @@
 
 Every block iterates simulate -> sample -> label -> retrain (workflows/active_learning.py) until its
 termination criterion holds. Labels carry block, iteration and the reason they were sampled.
+
+The protocol is the table `BLOCKS` (end of this file): each entry is a block's number, its figure
+title, its section of `protocol.parameters`, the line `plan()` prints for it and the function that
+runs it and returns its BlockReport. `plan()` and `Catalysis.run` read the table; a new block is one
+entry there plus, in schemas/protocol.py, its parameter section and its name in BLOCK_NAMES.
 """
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 from concurrent.futures import Future, wait
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from ase import Atoms
 
+from reactforge.engine.futures import gather, settled, then
 from reactforge.schemas.protocol import BLOCK_NAMES
 from reactforge.schemas.tasks import MDSpec, NEBSpec, OptimiseSpec, SinglePointSpec
 
 from . import catalysis_build as build
 from . import sampling
-from .active_learning import SEED_STRIDE, BlockReport, Campaign, then
+from .active_learning import SEED_STRIDE, BlockReport, Campaign, Labels
 
 
-def _dimer_pairs(system, P3) -> list[tuple[str, str]]:
-    return sampling.dimer_pairs(system.elements, system.adsorbate_elements(),
-                                with_surface=P3.dimer_pairs == "adsorbate_surface")
+@dataclass(frozen=True)
+class Block:
+    """One block of the protocol. `plan(protocol, system, params)` is what --check prints for it;
+    `run(catalysis, name, params)` runs it and returns its BlockReport."""
+
+    number: int
+    title: str  # short label for figures
+    parameters: str  # its section of protocol.parameters
+    plan: Callable[..., str]
+    run: Callable[..., BlockReport]
+
+    @property
+    def name(self) -> str:
+        return BLOCK_NAMES[self.number]
+
+    def params(self, protocol):
+        return getattr(protocol.parameters, self.parameters)
 
 
 def plan(protocol) -> list[str]:
     """What --check prints: the system built from the protocol and what each block will run."""
     system = build.build_system(protocol)
-    P = protocol.parameters
-    dimer_pairs = _dimer_pairs(system, P.b3_adsorbate_seed)
     lines = [f"system: bulk {system.bulk.get_chemical_formula()} ({len(system.bulk)} atoms), slab "
              f"{len(system.slab)} atoms, active-site slab {len(system.site_slab)} atoms, elements "
              f"{', '.join(system.elements)}; reference {protocol.reference.code}, model {protocol.model.model}, "
              f"σ_thr {protocol.sigma_thr_eV * 1000:.0f} meV"]
-    detail = {
-        0: f"{len(system.elements)} isolated atoms + bulk + {P.b0_initial.n_rattled} rattled/deformed cells "
-           "-> singlepoint; train",
-        1: f"md ({P.b1_bulk.md_steps} steps) on the bulk until no breach; ≤ {P.b1_bulk.max_iterations} iterations",
-        2: f"md ({P.b2_surface.md_steps} steps) on slab and active site; ≤ {P.b2_surface.max_iterations} iterations",
-        3: f"{P.b3_adsorbate_seed.dimers_per_pair * len(dimer_pairs)} dimers ({P.b3_adsorbate_seed.dimers_per_pair} "
-           f"each for {', '.join('-'.join(p) for p in dimer_pairs)}), "
-           f"{P.b3_adsorbate_seed.fps_per_intermediate} FPS placements per intermediate, then md",
-        4: f"md ({P.b4_adsorbate_md.md_steps} steps) on {len(system.intermediates)} intermediates",
-        5: f"optimise {len(system.intermediates)} intermediates, label minima until reference "
-           f"fmax < {P.b5_geometry.fmax_criterion_eV_per_A} eV/Å",
-        6: f"neb ({P.b6_neb.n_images} images) per reaction and permutation until |ΔE| < "
-           f"{P.b6_neb.energy_criterion_eV * 1000:.0f} meV",
-    }
-    for b in protocol.blocks:
-        lines.append(f"block {b} ({BLOCK_NAMES[b]}): {detail[b]}")
+    for number in protocol.blocks:
+        block = BLOCKS[number]
+        lines.append(f"block {number} ({block.name}): {block.plan(protocol, system, block.params(protocol))}")
+    neb = protocol.parameters.b6_neb
     for r in protocol.reactions:
         idx = system.adsorbate_indices(r.initial)
         n = len(sampling.like_atom_permutations(system.intermediates[r.initial], system.intermediates[r.final],
-                                                idx, P.b6_neb.permutation_limit, P.b6_neb.permutations_kept))
+                                                idx, neb.permutation_limit, neb.permutations_kept))
         lines.append(f"  reaction {r.name}: {r.initial} -> {r.final}, {n} like-atom permutation(s)")
     lines.append(f"validation (reference NEB from the MLFF path): {'on' if protocol.validation.enabled else 'off'}")
     return lines
 
 
 class Catalysis:
-    """One protocol run. Methods are the blocks, in the order of the thesis."""
+    """One protocol run: the system, the campaign, and what blocks 5-6 and validation hand on."""
 
     def __init__(self, protocol, engine, store, progress):
-        self.p = protocol
-        self.P = protocol.parameters
+        self.protocol = protocol
         self.engine, self.store, self.progress = engine, store, progress
         self.system = build.build_system(protocol)
         self.fixed = build.fixed_indices(self.system.site_slab)
@@ -80,10 +87,11 @@ class Catalysis:
         self._validation_images: dict[str, list[Atoms]] = {}
 
     # ------------------------------------------------------------------ helpers
-    def _md(self, block) -> dict:
-        return {"steps": block.md_steps, "timestep_fs": block.timestep_fs, "temperature_K": block.temperature_K,
-                "friction_per_fs": block.friction_per_fs, "check_every": block.check_every,
-                "sigma_thr_eV": self.p.sigma_thr_eV}
+    def _md_settings(self, params, fixed: list[int]) -> dict:
+        """MDSpec fields of an MD block, all but the model and the seed."""
+        return {"steps": params.md_steps, "timestep_fs": params.timestep_fs, "temperature_K": params.temperature_K,
+                "friction_per_fs": params.friction_per_fs, "check_every": params.check_every,
+                "sigma_thr_eV": self.protocol.sigma_thr_eV, "fixed_atoms": fixed}
 
     def _finish(self, report: BlockReport):
         self.reports[report.name] = report.as_dict()
@@ -92,88 +100,20 @@ class Catalysis:
                           f"termination {'met' if report.termination_met else 'NOT met'} "
                           f"(criterion value {report.criterion_value})")
 
-    def _surface_structures(self) -> list[Atoms]:
-        return ([self.system.slab] if self.P.b2_surface.clean_slab else []) + [self.system.site_slab]
-
-    # ------------------------------------------------------------------ block 0
-    def block0(self):
-        name, P0 = BLOCK_NAMES[0], self.P.b0_initial
-        report = BlockReport(name, criterion="initial set (no iteration)")
-        self.progress.set_stage(f"block 0 ({name}): labelling the initial set")
-        if P0.isolated_atoms:
-            isolated = build.isolated_atoms(self.system.elements, P0.isolated_box_A)
-            self.campaign.label(isolated, block=name, iteration=0, reason="isolated atom",
-                                config_type="isolated_atom", report=report)
-        self.campaign.label([self.system.bulk], block=name, iteration=0, reason="bulk", report=report)
-        rattled = build.rattled_bulk(self.system.bulk, P0.n_rattled, P0.rattle_sigma_A, P0.strain_sigma, self.p.seed)
-        self.campaign.label(rattled, block=name, iteration=0, reason="rattled + deformed bulk", report=report)
-        self.campaign.retrain(f"{name}-0")
-        report.termination_met = True
-        self._finish(report)
-
-    # ------------------------------------------------------------------ blocks 1-2 (and 4)
-    def md_block(self, b: int, structures: list[Atoms], params, label_first: str | None = None):
-        """With `label_first` (the label's reason), the structures themselves are labelled before any MD."""
-        report = BlockReport(BLOCK_NAMES[b], criterion="max per-atom σ over full MD runs (eV) < σ_thr")
-        md = self._md(params) | {"fixed_atoms": []}
-        if label_first:
-            self.campaign.label(structures, block=BLOCK_NAMES[b], iteration=0, reason=label_first, report=report)
-            self.campaign.retrain(f"{BLOCK_NAMES[b]}-0")
-        self.campaign.md_block(BLOCK_NAMES[b], structures, md, params.max_iterations, report=report)
-        self._finish(report)
-
     # ------------------------------------------------------------------ block 3
-    def block3(self):
-        name, P3 = BLOCK_NAMES[3], self.P.b3_adsorbate_seed
-        report = BlockReport(name, criterion="max per-atom σ over full MD runs (eV) < σ_thr")
-        self.progress.set_stage(f"block 3 ({name}): dimers and placements")
-        # dimers: 4 per element pair, the shortest at 20 eV/Å repulsion, weight 1/5
-        pairs = _dimer_pairs(self.system, P3)
-
-        def probe(atoms: Atoms) -> np.ndarray:  # the spacing search's reference calls belong to this block
-            report.reference_calls += 1
-            return self._reference_forces(atoms)
-
-        dimers = sampling.make_dimers(probe, self.system.elements, P3.dimers_per_pair,
-                                      P3.dimer_max_force_eV_per_A, P3.dimer_max_distance_A, P3.dimer_box_A,
-                                      P3.dimer_weight, pairs=pairs)
-        self.campaign.label(dimers, block=name, iteration=0, reason="dimer", energy_weight=P3.dimer_weight,
-                            force_weight=P3.dimer_weight, config_type="dimer", report=report)
-        # MLFF MD on the active site first (block-2 potential), then place intermediates on its snapshots
-        snapshots = self._site_snapshots(P3)
-        placed = []
-        n_slab = len(self.system.site_slab)
-        rng = np.random.default_rng(self.p.seed)
-        for iname, inter in self.system.intermediates.items():
-            candidates = []
-            for snap in snapshots:
-                candidates += sampling.place_adsorbate(snap, inter[n_slab:], self.system.site_position,
-                                                       P3.placements_per_snapshot, P3.placement_radius_A, rng=rng)
-            centres = [list(range(n_slab, len(c))) for c in candidates]
-            keep = sampling.fps_structures(candidates, P3.fps_per_intermediate, self.system.elements, centres,
-                                           cutoff_A=P3.soap_cutoff_A, l_max=P3.soap_l_max, n_max=P3.soap_n_max)
-            placed += [candidates[k] for k in keep]
-        self.campaign.label(placed, block=name, iteration=0, reason="placement", report=report)
-        self.campaign.label(list(self.system.intermediates.values()), block=name, iteration=0,
-                            reason="approximate intermediate", report=report)
-        self.campaign.retrain(f"{name}-0")
-        md = self._md(P3) | {"fixed_atoms": self.fixed}
-        self.campaign.md_block(name, placed, md, P3.max_iterations, report=report)
-        self._finish(report)
-
     def _reference_forces(self, atoms: Atoms) -> np.ndarray:
         """Reference forces through the engine (journaled): used to space the dimers."""
-        spec = SinglePointSpec(reference=self.p.reference, max_force_eV_per_A=1e4)
+        spec = SinglePointSpec(reference=self.protocol.reference, max_force_eV_per_A=1e4)
         return np.asarray(self.engine.run(spec, [atoms]).forces_eV_per_A)
 
-    def _site_snapshots(self, P3) -> list[Atoms]:
+    def _site_snapshots(self, params) -> list[Atoms]:
         snapshots, atoms = [], self.system.site_slab
-        per = max(1, P3.site_md_steps // P3.site_md_snapshots)
-        for k in range(P3.site_md_snapshots):
+        per = max(1, params.site_md_steps // params.site_md_snapshots)
+        for k in range(params.site_md_snapshots):
             # σ_thr here only ends a segment early; the snapshot is the segment's last frame
-            spec = MDSpec(model=self.campaign.model, steps=per, temperature_K=P3.temperature_K,
-                          timestep_fs=P3.timestep_fs, sigma_thr_eV=10.0, fixed_atoms=self.fixed,
-                          seed=SEED_STRIDE * self.p.seed + 7 + k)
+            spec = MDSpec(model=self.campaign.model, steps=per, temperature_K=params.temperature_K,
+                          timestep_fs=params.timestep_fs, sigma_thr_eV=10.0, fixed_atoms=self.fixed,
+                          seed=SEED_STRIDE * self.protocol.seed + 7 + k)
             atoms = self.engine.run(spec, [atoms]).final
             snapshots.append(atoms)
         return snapshots
@@ -181,95 +121,12 @@ class Catalysis:
     # ------------------------------------------------------------------ block 5
     def _optimise_spec(self, stop_on_breach: bool) -> OptimiseSpec:
         """MLFF minimisation with block 5's settings and the current model."""
-        P5 = self.P.b5_geometry
-        return OptimiseSpec(model=self.campaign.model, fmax_eV_per_A=P5.mlff_fmax_eV_per_A, max_steps=P5.max_steps,
-                            optimizer=P5.optimizer, fixed_atoms=self.fixed, sigma_thr_eV=self.p.sigma_thr_eV,
-                            stop_on_breach=stop_on_breach)
-
-    def block5(self):
-        name, P5 = BLOCK_NAMES[5], self.P.b5_geometry
-        report = BlockReport(name, criterion="max reference force on MLFF minima (eV/Å) < "
-                                             f"{P5.fmax_criterion_eV_per_A}")
-        start = {n: a.copy() for n, a in self.system.intermediates.items()}
-        fixed = set(self.fixed)
-        for iteration in range(1, P5.max_iterations + 1):
-            self.progress.set_stage(f"block 5 ({name}): iteration {iteration}, optimising {len(start)} intermediates")
-            # an optimisation is interrupted like an MD when σ breaches σ_thr (thesis §3.2): that
-            # configuration is labelled instead of a minimum the model does not know
-            spec = self._optimise_spec(stop_on_breach=True)
-            labels: dict[str, Future] = {}
-            breached: dict[str, bool] = {}
-            lock = threading.Lock()
-
-            def on_min(f: Future, iname: str, iteration=iteration):
-                if f.exception() is not None:
-                    self.progress.log(f"{name}: optimisation of {iname} failed: {f.exception()}")
-                    return
-                result = f.result()
-                with lock:
-                    if not result.breached:
-                        self.minima[iname] = result.final
-                    labels[iname] = self.campaign.label(
-                        [result.final], block=name, iteration=iteration,
-                        reason="threshold breach" if result.breached else "final geometry", report=report)[0]
-                    breached[iname] = result.breached
-
-            wait([then(self.engine.submit(spec, [atoms]), lambda f, iname=iname: on_min(f, iname))
-                  for iname, atoms in start.items()])
-            wait(list(labels.values()))
-            forces = {}
-            for iname, lf in labels.items():
-                if lf.exception() is None:
-                    F = np.asarray(lf.result().forces_eV_per_A)
-                    free = [i for i in range(len(F)) if i not in fixed]
-                    forces[iname] = float(np.linalg.norm(F[free], axis=1).max())
-            worst = max(forces.values()) if forces else float("inf")
-            report.iterations, report.criterion_value = iteration, worst
-            self.progress.log(f"{name} iteration {iteration}: reference max force on the MLFF minima "
-                              + ", ".join(f"{n} {v:.2f}" for n, v in sorted(forces.items())) + " eV/Å")
-            report.history.append({"iteration": iteration, "max_ref_force_eV_per_A": forces,
-                                   "breached": sorted(n for n, b in breached.items() if b)})
-            if len(forces) == len(start) and not any(breached.values()) and worst < P5.fmax_criterion_eV_per_A:
-                report.termination_met = True
-                break
-            # continue from the last sane minimum (a breached run restarts where it started)
-            start = {n: self.minima.get(n, a) for n, a in start.items()}
-            self.campaign.retrain(f"{name}-{iteration}")
-        self._finish(report)
+        params = self.protocol.parameters.b5_geometry
+        return OptimiseSpec(model=self.campaign.model, fmax_eV_per_A=params.mlff_fmax_eV_per_A,
+                            max_steps=params.max_steps, optimizer=params.optimizer, fixed_atoms=self.fixed,
+                            sigma_thr_eV=self.protocol.sigma_thr_eV, stop_on_breach=stop_on_breach)
 
     # ------------------------------------------------------------------ block 6
-    def block6(self):
-        name, P6 = BLOCK_NAMES[6], self.P.b6_neb
-        report = BlockReport(name, criterion=f"max |E_MLFF − E_ref| on sampled images (eV) < {P6.energy_criterion_eV}")
-        ends = {n: self.minima.get(n, a) for n, a in self.system.intermediates.items()}
-        perms = {}
-        for r in self.p.reactions:
-            idx = self.system.adsorbate_indices(r.initial)
-            perms[r.name] = [order for order, _ in sampling.like_atom_permutations(
-                ends[r.initial], ends[r.final], idx, P6.permutation_limit, P6.permutations_kept)]
-        # interpolated images between every reaction's endpoints, before iterating (thesis §3.3)
-        if P6.interpolated_images:
-            images = []
-            for r in self.p.reactions:
-                final = sampling.apply_order(ends[r.final], perms[r.name][0])
-                images += sampling.interpolated_images(ends[r.initial], final, P6.interpolated_images)
-            self.campaign.label(images, block=name, iteration=0, reason="interpolated image", report=report)
-            self.campaign.retrain(f"{name}-0")
-        for iteration in range(1, P6.max_iterations + 1):
-            self.progress.set_stage(f"block 6 ({name}): iteration {iteration}, NEBs over "
-                                    f"{sum(len(v) for v in perms.values())} permutation(s)")
-            ends = self._relax_ends(ends)
-            errors, row = self._neb_iteration(iteration, ends, perms, report)
-            worst = max(errors) if errors else float("inf")
-            report.iterations, report.criterion_value = iteration, worst
-            report.history.append({"iteration": iteration, "max_abs_energy_error_eV": worst, "barriers": row})
-            self.neb_history.append({"iteration": iteration, **row})
-            if errors and worst < P6.energy_criterion_eV and len(row) == len(self.p.reactions):
-                report.termination_met = True
-                break
-            self.campaign.retrain(f"{name}-{iteration}")
-        self._finish(report)
-
     def _relax_ends(self, ends: dict[str, Atoms]) -> dict[str, Atoms]:
         """Endpoints re-optimised with the model the NEBs use: block 5's minima belong to an earlier
         model, and a band between points that are not minima of its model has no defined barrier."""
@@ -279,11 +136,11 @@ class Catalysis:
         return {n: f.result().final if f.exception() is None else ends[n] for n, f in futures.items()}
 
     def _neb_spec(self, model=None, reference=None, **kw) -> NEBSpec:
-        P6 = self.P.b6_neb
-        base = dict(n_images=P6.n_images, interpolation=P6.interpolation, climb=P6.climb, method=P6.method,
-                    precon=P6.precon, optimizer=P6.optimizer,
-                    spring_k_eV_per_A2=P6.spring_k_eV_per_A2, fmax_eV_per_A=P6.mlff_fmax_eV_per_A,
-                    max_steps=P6.max_steps, fixed_atoms=self.fixed, sigma_thr_eV=self.p.sigma_thr_eV)
+        params = self.protocol.parameters.b6_neb
+        base = dict(n_images=params.n_images, interpolation=params.interpolation, climb=params.climb,
+                    method=params.method, precon=params.precon, optimizer=params.optimizer,
+                    spring_k_eV_per_A2=params.spring_k_eV_per_A2, fmax_eV_per_A=params.mlff_fmax_eV_per_A,
+                    max_steps=params.max_steps, fixed_atoms=self.fixed, sigma_thr_eV=self.protocol.sigma_thr_eV)
         base.update(kw)
         if model is not None:
             base["model"] = model
@@ -291,52 +148,37 @@ class Catalysis:
             base["reference"] = reference
         return NEBSpec(**base)
 
-    def _neb_iteration(self, iteration: int, ends: dict, perms: dict, report: BlockReport):
+    def _neb_iteration(self, name: str, iteration: int, ends: dict, perms: dict) -> tuple[list, dict, list[Labels]]:
         """NEBs for every reaction x permutation at once; each reaction's lowest path is labelled the
-        moment its last permutation finishes."""
+        moment its last permutation finishes. Returns the energy errors on the labelled images, the
+        iteration's barriers per reaction and the labels."""
         spec = self._neb_spec(model=self.campaign.model)
-        lock = threading.Lock()
-        label_futures: dict[str, list[Future]] = {}
-        row: dict[str, dict] = {}
-        all_futures = []
-        for r in self.p.reactions:
-            futs = [self.engine.submit(spec, self._start_band(r.name, k, ends[r.initial],
-                                                               sampling.apply_order(ends[r.final], perm)))
-                    for k, perm in enumerate(perms[r.name])]
-            pending = {"n": len(futs)}
-
-            def done(_f, r=r, futs=futs, pending=pending):
-                with lock:
-                    pending["n"] -= 1
-                    if pending["n"]:
-                        return
-                ok = [(k, f.result()) for k, f in enumerate(futs) if f.exception() is None]
-                for k, res in ok:
+        reactions = self.protocol.reactions
+        bands = {r.name: [self.engine.submit(spec, self._start_band(r.name, k, ends[r.initial],
+                                                                    sampling.apply_order(ends[r.final], perm)))
+                          for k, perm in enumerate(perms[r.name])]
+                 for r in reactions}
+        lowest = {rname: then(gather(futures), partial(self._label_lowest_path, name=name, reaction=rname,
+                                                       iteration=iteration))
+                  for rname, futures in bands.items()}
+        wait(lowest.values())
+        errors, row, labelled = [], {}, []
+        label_endpoints = self.protocol.parameters.b6_neb.label_endpoints
+        for r in reactions:
+            for k, band in enumerate(bands[r.name]):
+                if (res := settled(band)) is not None:
                     self._bands[(r.name, k)] = res.images
-                if not ok:
-                    self.progress.log(f"block 6: every NEB of {r.name} failed")
-                    return
-                k, best = min(ok, key=lambda kr: max(kr[1].energies_eV))  # lowest-energy path
-                self.paths[r.name] = {"images": best.images, "energies_eV": best.energies_eV, "permutation": k,
-                                      "barriers_eV": [res.forward_barrier_eV for _, res in ok]}
-                sampled = best.images if self.P.b6_neb.label_endpoints else best.images[1:-1]
-                label_futures[r.name] = self.campaign.label(sampled, block=BLOCK_NAMES[6], iteration=iteration,
-                                                            reason="NEB image", report=report)
-
-            all_futures += [then(f, done) for f in futs]
-        wait(all_futures)
-        errors = []
-        for r in self.p.reactions:
-            if r.name not in label_futures:
+            if (chosen := lowest[r.name].result()) is None:
                 continue
-            wait(label_futures[r.name])
-            path = self.paths[r.name]
+            path, labels = chosen
+            self.paths[r.name] = path
+            labelled.append(labels)
             e_ml = np.asarray(path["energies_eV"])
             # reference energies of the labelled images; NaN where unlabelled (the ends, by default) or failed
             e_ref = np.full(len(e_ml), np.nan)
-            first = 0 if self.P.b6_neb.label_endpoints else 1
-            e_ref[first:first + len(label_futures[r.name])] = [
-                f.result().energy_eV if f.exception() is None else np.nan for f in label_futures[r.name]]
+            first = 0 if label_endpoints else 1
+            e_ref[first:first + labels.calls] = [res.energy_eV if res is not None else np.nan
+                                                 for res in labels.results()]
             finite = np.isfinite(e_ref)
             deviations = np.abs(e_ml - e_ref)[finite]
             errors += list(deviations)
@@ -346,16 +188,30 @@ class Catalysis:
                            "mlff_energies_eV": e_ml.tolist(),
                            "reference_energies_eV": [float(e) if ok else None for e, ok in zip(e_ref, finite)]}
             self.barriers[r.name] = row[r.name]
-            self.progress.log(f"block 6 iteration {iteration}: {r.name} barrier MLFF {row[r.name]['mlff_barrier_eV']:.3f}"
-                              f" eV, reference {ref_barrier if ref_barrier is None else round(ref_barrier, 3)} eV,"
-                              f" max |ΔE| on the labelled images "
+            self.progress.log(f"block 6 iteration {iteration}: {r.name} barrier MLFF "
+                              f"{row[r.name]['mlff_barrier_eV']:.3f} eV, reference "
+                              f"{ref_barrier if ref_barrier is None else round(ref_barrier, 3)} eV, "
+                              "max |ΔE| on the labelled images "
                               f"{deviations.max() if deviations.size else float('nan'):.3f} eV")
-        return errors, row
+        return errors, row, labelled
+
+    def _label_lowest_path(self, done: Future, *, name: str, reaction: str,
+                           iteration: int) -> tuple[dict, Labels] | None:
+        """Runs once a reaction's last NEB is done: its lowest-energy path, and the labels of its images."""
+        ok = [(k, res) for k, f in enumerate(done.result()) if (res := settled(f)) is not None]
+        if not ok:
+            self.progress.log(f"block 6: every NEB of {reaction} failed")
+            return None
+        k, best = min(ok, key=lambda kr: max(kr[1].energies_eV))
+        path = {"images": best.images, "energies_eV": best.energies_eV, "permutation": k,
+                "barriers_eV": [res.forward_barrier_eV for _, res in ok]}
+        sampled = best.images if self.protocol.parameters.b6_neb.label_endpoints else best.images[1:-1]
+        return path, self.campaign.label(sampled, block=name, iteration=iteration, reason="NEB image")
 
     def _start_band(self, reaction: str, k: int, initial: Atoms, final: Atoms) -> list[Atoms]:
         """The NEB's starting structures: the two ends (interpolated by the task), or with warm_start the
         interior of this permutation's previous band between the freshly relaxed ends."""
-        old = self._bands.get((reaction, k)) if self.P.b6_neb.warm_start else None
+        old = self._bands.get((reaction, k)) if self.protocol.parameters.b6_neb.warm_start else None
         return [initial, *old[1:-1], final] if old else [initial, final]
 
     # ------------------------------------------------------------------ validation
@@ -365,14 +221,14 @@ class Catalysis:
         With `relax_endpoints` the band's two ends are first relaxed on the reference: a barrier is
         measured from a minimum, and the MLFF minimum is one only to the model's force accuracy; a
         reference band pinned to it can run downhill from its first image."""
-        V = self.p.validation
-        names = [r.name for r in self.p.reactions if r.name in self.paths]
+        settings = self.protocol.validation
+        names = [r.name for r in self.protocol.reactions if r.name in self.paths]
         bands = {n: list(self.paths[n]["images"]) for n in names}
         relaxed: dict[str, list] = {n: [] for n in names}
-        if V.relax_endpoints:
+        if settings.relax_endpoints:
             self.progress.set_stage(f"validation: relaxing {2 * len(names)} reaction endpoints on the reference")
-            spec = OptimiseSpec(reference=self.p.reference, fmax_eV_per_A=V.fmax_eV_per_A,
-                                max_steps=V.endpoint_max_steps, fixed_atoms=self.fixed)
+            spec = OptimiseSpec(reference=self.protocol.reference, fmax_eV_per_A=settings.fmax_eV_per_A,
+                                max_steps=settings.endpoint_max_steps, fixed_atoms=self.fixed)
             ends = {(n, k): self.engine.submit(spec, [bands[n][k]]) for n in names for k in (0, -1)}
             wait(ends.values())
             for (n, k), f in ends.items():
@@ -383,8 +239,8 @@ class Catalysis:
                     self.progress.log(f"validation: reference relaxation of a {n} endpoint failed: {f.exception()}")
         futures = {}
         for n in names:
-            spec = self._neb_spec(reference=self.p.reference, fmax_eV_per_A=V.fmax_eV_per_A, max_steps=V.max_steps,
-                                  climb=True)
+            spec = self._neb_spec(reference=self.protocol.reference, fmax_eV_per_A=settings.fmax_eV_per_A,
+                                  max_steps=settings.max_steps, climb=True)
             futures[n] = self.engine.submit(spec, bands[n])
         self.progress.set_stage(f"validation: reference NEBs for {len(futures)} reaction(s)")
         wait(futures.values())
@@ -407,33 +263,14 @@ class Catalysis:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
-        blocks = self.p.blocks
-        if 0 in blocks:
-            self.block0()
-        elif self.campaign.model is None:
-            self.campaign.retrain("initial")
-        if 1 in blocks:
-            self.md_block(1, [self.system.bulk], self.P.b1_bulk)
-        if 2 in blocks:
-            # the slabs as built: σ of a model that has seen only bulk can stay under σ_thr on a
-            # surface it has never been shown, and then the surface would never be labelled
-            self.md_block(2, self._surface_structures(), self.P.b2_surface,
-                          label_first="slab" if self.P.b2_surface.label_slabs else None)
-        if 3 in blocks:
-            self.block3()
-        if 4 in blocks:
-            report = BlockReport(BLOCK_NAMES[4], criterion="max per-atom σ over full MD runs (eV) < σ_thr")
-            md = self._md(self.P.b4_adsorbate_md) | {"fixed_atoms": self.fixed}
-            self.campaign.md_block(BLOCK_NAMES[4], list(self.system.intermediates.values()), md,
-                                   self.P.b4_adsorbate_md.max_iterations, report=report)
-            self._finish(report)
-        if 5 in blocks:
-            self.block5()
-        if 6 in blocks:
-            self.block6()
-        validation = self.validate() if self.p.validation.enabled and self.paths else {}
+        if 0 not in self.protocol.blocks and self.campaign.model is None:
+            self.campaign.retrain("initial")  # block 0 makes the first model; without it, train here
+        for number in self.protocol.blocks:
+            block = BLOCKS[number]
+            self._finish(block.run(self, block.name, block.params(self.protocol)))
+        validation = self.validate() if self.protocol.validation.enabled and self.paths else {}
         barriers = []
-        for r in self.p.reactions:
+        for r in self.protocol.reactions:
             b = self.barriers.get(r.name)
             if b is None:
                 continue
@@ -474,6 +311,247 @@ class Catalysis:
 
         report.write_report(self.store.run_dir / "report", summary=summary, training_set=self.store.training_set(),
                             neb_history=self.neb_history, paths=self.paths, model=self.campaign.model)
+
+
+# ---------------------------------------------------------------------------------------------- blocks
+
+
+def plan_initial(protocol, system, params) -> str:
+    return (f"{len(system.elements)} isolated atoms + bulk + {params.n_rattled} rattled/deformed cells "
+            "-> singlepoint; train")
+
+
+def initial_set(cat: Catalysis, name: str, params) -> BlockReport:
+    """Block 0: isolated atoms (E0s), the bulk cell and rattled + deformed copies of it; then the first fit."""
+    cat.progress.set_stage(f"block 0 ({name}): labelling the initial set")
+    labelled = []
+    if params.isolated_atoms:
+        isolated = build.isolated_atoms(cat.system.elements, params.isolated_box_A)
+        labelled.append(cat.campaign.label(isolated, block=name, iteration=0, reason="isolated atom",
+                                           config_type="isolated_atom"))
+    labelled.append(cat.campaign.label([cat.system.bulk], block=name, iteration=0, reason="bulk"))
+    rattled = build.rattled_bulk(cat.system.bulk, params.n_rattled, params.rattle_sigma_A, params.strain_sigma,
+                                 cat.protocol.seed)
+    labelled.append(cat.campaign.label(rattled, block=name, iteration=0, reason="rattled + deformed bulk"))
+    cat.campaign.retrain(f"{name}-0")
+    report = BlockReport(name, criterion="initial set (no iteration)", termination_met=True)
+    report.count(*labelled)
+    return report
+
+
+def md_block(cat: Catalysis, name: str, structures: list[Atoms], params, fixed: list[int],
+             label_first: str | None = None) -> BlockReport:
+    """MD on `structures` until no full run breaches σ_thr. With `label_first` (the labels' reason) the
+    structures themselves are labelled and fitted before any MD."""
+    first = None
+    if label_first:
+        first = cat.campaign.label(structures, block=name, iteration=0, reason=label_first)
+        cat.campaign.retrain(f"{name}-0")
+    report = cat.campaign.md_block(name, structures, cat._md_settings(params, fixed), params.max_iterations)
+    if first is not None:
+        report.count(first)
+    return report
+
+
+def plan_bulk_md(protocol, system, params) -> str:
+    return f"md ({params.md_steps} steps) on the bulk until no breach; ≤ {params.max_iterations} iterations"
+
+
+def bulk_md(cat: Catalysis, name: str, params) -> BlockReport:
+    return md_block(cat, name, [cat.system.bulk], params, fixed=[])
+
+
+def plan_surface_md(protocol, system, params) -> str:
+    return f"md ({params.md_steps} steps) on slab and active site; ≤ {params.max_iterations} iterations"
+
+
+def surface_md(cat: Catalysis, name: str, params) -> BlockReport:
+    # the slabs as built are labelled first: σ of a model that has seen only bulk can stay under σ_thr
+    # on a surface it has never been shown, and then the surface would never be labelled
+    structures = ([cat.system.slab] if params.clean_slab else []) + [cat.system.site_slab]
+    return md_block(cat, name, structures, params, fixed=[], label_first="slab" if params.label_slabs else None)
+
+
+def dimer_pairs(system, params) -> list[tuple[str, str]]:
+    return sampling.dimer_pairs(system.elements, system.adsorbate_elements(),
+                                with_surface=params.dimer_pairs == "adsorbate_surface")
+
+
+def placements(system, snapshots: list[Atoms], params, rng: np.random.Generator) -> list[Atoms]:
+    """Each intermediate's adsorbate placed near the active site of every snapshot; of those candidates,
+    `params.fps_per_intermediate` per intermediate by farthest-point sampling of the adsorbate atoms'
+    SOAP environments (block 3's parameters)."""
+    n_slab = len(system.site_slab)
+    placed = []
+    for inter in system.intermediates.values():
+        candidates = []
+        for snap in snapshots:
+            candidates += sampling.place_adsorbate(snap, inter[n_slab:], system.site_position,
+                                                   params.placements_per_snapshot, params.placement_radius_A, rng=rng)
+        centres = [list(range(n_slab, len(c))) for c in candidates]
+        keep = sampling.fps_structures(candidates, params.fps_per_intermediate, system.elements, centres,
+                                       cutoff_A=params.soap_cutoff_A, l_max=params.soap_l_max, n_max=params.soap_n_max)
+        placed += [candidates[k] for k in keep]
+    return placed
+
+
+def plan_adsorbate_seed(protocol, system, params) -> str:
+    pairs = dimer_pairs(system, params)
+    return (f"{params.dimers_per_pair * len(pairs)} dimers ({params.dimers_per_pair} "
+            f"each for {', '.join('-'.join(p) for p in pairs)}), "
+            f"{params.fps_per_intermediate} FPS placements per intermediate, then md")
+
+
+def adsorbate_seed(cat: Catalysis, name: str, params) -> BlockReport:
+    """Block 3: dimers of every element pair (the shortest at the force limit, down-weighted), adsorbates
+    placed on MLFF snapshots of the active site, the approximate intermediates; then MD on the placements."""
+    cat.progress.set_stage(f"block 3 ({name}): dimers and placements")
+    probed: list[Atoms] = []  # the spacing search's reference calls belong to this block
+
+    def probe(atoms: Atoms) -> np.ndarray:
+        probed.append(atoms)
+        return cat._reference_forces(atoms)
+
+    dimers = sampling.make_dimers(probe, cat.system.elements, params.dimers_per_pair,
+                                  params.dimer_max_force_eV_per_A, params.dimer_max_distance_A, params.dimer_box_A,
+                                  params.dimer_weight, pairs=dimer_pairs(cat.system, params))
+    labelled = [cat.campaign.label(dimers, block=name, iteration=0, reason="dimer", energy_weight=params.dimer_weight,
+                                   force_weight=params.dimer_weight, config_type="dimer")]
+    # MLFF MD on the active site first (block-2 potential), then place intermediates on its snapshots
+    placed = placements(cat.system, cat._site_snapshots(params), params, np.random.default_rng(cat.protocol.seed))
+    labelled.append(cat.campaign.label(placed, block=name, iteration=0, reason="placement"))
+    labelled.append(cat.campaign.label(list(cat.system.intermediates.values()), block=name, iteration=0,
+                                       reason="approximate intermediate"))
+    cat.campaign.retrain(f"{name}-0")
+    report = cat.campaign.md_block(name, placed, cat._md_settings(params, cat.fixed), params.max_iterations)
+    report.count(*labelled)
+    report.reference_calls += len(probed)
+    return report
+
+
+def plan_adsorbate_md(protocol, system, params) -> str:
+    return f"md ({params.md_steps} steps) on {len(system.intermediates)} intermediates"
+
+
+def adsorbate_md(cat: Catalysis, name: str, params) -> BlockReport:
+    return md_block(cat, name, list(cat.system.intermediates.values()), params, fixed=cat.fixed)
+
+
+def plan_geometry(protocol, system, params) -> str:
+    return (f"optimise {len(system.intermediates)} intermediates, label minima until reference "
+            f"fmax < {params.fmax_criterion_eV_per_A} eV/Å")
+
+
+def geometry_optimisation(cat: Catalysis, name: str, params) -> BlockReport:
+    """Block 5: MLFF minima of the intermediates, labelled until the reference's largest force on them
+    is under the criterion."""
+    report = BlockReport(name, criterion="max reference force on MLFF minima (eV/Å) < "
+                                         f"{params.fmax_criterion_eV_per_A}")
+    start = {n: a.copy() for n, a in cat.system.intermediates.items()}
+    fixed = set(cat.fixed)
+    for iteration in range(1, params.max_iterations + 1):
+        cat.progress.set_stage(f"block 5 ({name}): iteration {iteration}, optimising {len(start)} intermediates")
+        # an optimisation is interrupted like an MD when σ breaches σ_thr (thesis §3.2): that
+        # configuration is labelled instead of a minimum the model does not know
+        spec = cat._optimise_spec(stop_on_breach=True)
+        outcomes = {iname: then(cat.engine.submit(spec, [atoms]),
+                                partial(_label_minimum, cat, name=name, intermediate=iname, iteration=iteration))
+                    for iname, atoms in start.items()}
+        wait(outcomes.values())
+        forces, breached = {}, {}
+        for iname, outcome in outcomes.items():
+            if outcome.result() is None:
+                continue
+            result, labels = outcome.result()
+            breached[iname] = result.breached
+            if not result.breached:
+                cat.minima[iname] = result.final
+            report.count(labels)
+            (reference,) = labels.results()
+            if reference is not None:
+                F = np.asarray(reference.forces_eV_per_A)
+                free = [i for i in range(len(F)) if i not in fixed]
+                forces[iname] = float(np.linalg.norm(F[free], axis=1).max())
+        worst = max(forces.values()) if forces else float("inf")
+        report.iterations, report.criterion_value = iteration, worst
+        cat.progress.log(f"{name} iteration {iteration}: reference max force on the MLFF minima "
+                         + ", ".join(f"{n} {v:.2f}" for n, v in sorted(forces.items())) + " eV/Å")
+        report.history.append({"iteration": iteration, "max_ref_force_eV_per_A": forces,
+                               "breached": sorted(n for n, b in breached.items() if b)})
+        if len(forces) == len(start) and not any(breached.values()) and worst < params.fmax_criterion_eV_per_A:
+            report.termination_met = True
+            break
+        # continue from the last sane minimum (a breached run restarts where it started)
+        start = {n: cat.minima.get(n, a) for n, a in start.items()}
+        cat.campaign.retrain(f"{name}-{iteration}")
+    return report
+
+
+def _label_minimum(cat: Catalysis, f: Future, *, name: str, intermediate: str, iteration: int):
+    """Runs once an optimisation ends: its result and the label of its last structure (None if it failed)."""
+    if f.exception() is not None:
+        cat.progress.log(f"{name}: optimisation of {intermediate} failed: {f.exception()}")
+        return None
+    result = f.result()
+    labels = cat.campaign.label([result.final], block=name, iteration=iteration,
+                                reason="threshold breach" if result.breached else "final geometry")
+    return result, labels
+
+
+def plan_neb(protocol, system, params) -> str:
+    return (f"neb ({params.n_images} images) per reaction and permutation until |ΔE| < "
+            f"{params.energy_criterion_eV * 1000:.0f} meV")
+
+
+def neb(cat: Catalysis, name: str, params) -> BlockReport:
+    """Block 6: MLFF NEBs of every reaction over its like-atom permutations; the lowest path's images are
+    labelled until the MLFF energies on them agree with the reference."""
+    report = BlockReport(name, criterion="max |E_MLFF − E_ref| on sampled images (eV) < "
+                                         f"{params.energy_criterion_eV}")
+    reactions = cat.protocol.reactions
+    ends = {n: cat.minima.get(n, a) for n, a in cat.system.intermediates.items()}
+    perms = {}
+    for r in reactions:
+        idx = cat.system.adsorbate_indices(r.initial)
+        perms[r.name] = [order for order, _ in sampling.like_atom_permutations(
+            ends[r.initial], ends[r.final], idx, params.permutation_limit, params.permutations_kept)]
+    # interpolated images between every reaction's endpoints, before iterating (thesis §3.3)
+    if params.interpolated_images:
+        images = []
+        for r in reactions:
+            final = sampling.apply_order(ends[r.final], perms[r.name][0])
+            images += sampling.interpolated_images(ends[r.initial], final, params.interpolated_images)
+        interpolated = cat.campaign.label(images, block=name, iteration=0, reason="interpolated image")
+        cat.campaign.retrain(f"{name}-0")
+        report.count(interpolated)
+    for iteration in range(1, params.max_iterations + 1):
+        cat.progress.set_stage(f"block 6 ({name}): iteration {iteration}, NEBs over "
+                               f"{sum(len(v) for v in perms.values())} permutation(s)")
+        ends = cat._relax_ends(ends)
+        errors, row, labelled = cat._neb_iteration(name, iteration, ends, perms)
+        report.count(*labelled)
+        worst = max(errors) if errors else float("inf")
+        report.iterations, report.criterion_value = iteration, worst
+        report.history.append({"iteration": iteration, "max_abs_energy_error_eV": worst, "barriers": row})
+        cat.neb_history.append({"iteration": iteration, **row})
+        if errors and worst < params.energy_criterion_eV and len(row) == len(reactions):
+            report.termination_met = True
+            break
+        cat.campaign.retrain(f"{name}-{iteration}")
+    return report
+
+
+# The protocol, in the order of the thesis. Names come from schemas/protocol.py BLOCK_NAMES (the
+# protocol's `blocks:` is validated against them); parameters are the sections of its `parameters:`.
+BLOCKS: dict[int, Block] = {b.number: b for b in (
+    Block(0, "initial", "b0_initial", plan_initial, initial_set),
+    Block(1, "bulk MD", "b1_bulk", plan_bulk_md, bulk_md),
+    Block(2, "surface MD", "b2_surface", plan_surface_md, surface_md),
+    Block(3, "adsorbate seed + MD", "b3_adsorbate_seed", plan_adsorbate_seed, adsorbate_seed),
+    Block(4, "adsorbate MD", "b4_adsorbate_md", plan_adsorbate_md, adsorbate_md),
+    Block(5, "geometry opt.", "b5_geometry", plan_geometry, geometry_optimisation),
+    Block(6, "NEB", "b6_neb", plan_neb, neb),
+)}
 
 
 def run(protocol, engine, store, progress) -> dict:
