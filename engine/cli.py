@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from reactforge.engine.lock import RunDirLocked
 from reactforge.schemas.loading import InputError, read_yaml, validate
 from reactforge.schemas.site import SiteConfig
 
@@ -275,6 +276,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         return args.func(args)
-    except InputError as err:
+    except (InputError, RunDirLocked) as err:  # bad input, or a run directory another coordinator holds
         print(f"error: {err}", file=sys.stderr)
         return 2
