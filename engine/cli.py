@@ -107,7 +107,7 @@ def check(args) -> int:
 def run(args) -> int:
     if args.check:
         return check(args)
-    site_path, site, path, workflow, protocol, module, _ = _prepare(args)
+    _, site, path, workflow, protocol, module, _ = _prepare(args)
 
     from reactforge.engine.engine import Engine
     from reactforge.engine.progress import Progress
