@@ -155,13 +155,13 @@ def test_evaluated_parity_is_the_models_own_numbers(tmp_path, emt_cu_training_se
     np.testing.assert_allclose(par["reference_energy_eV_per_atom"], [a.info["REF_energy"] / len(a) for a in fitted])
 
 
-def test_report_into_the_store_and_the_deprecated_model_argument(tmp_path, emt_cu_training_set, tiny_gap_model):
-    """A Store as the destination writes its report/ folder, no temporary files left; a caller that still
-    passes the model gets the same parity figure (evaluated in process) and a DeprecationWarning."""
+def test_report_into_the_store(tmp_path, emt_cu_training_set, tiny_gap_model):
+    """A Store as the destination writes its report/ folder, parity from evaluate tasks, no temporary files left."""
     labelled = _labelled(emt_cu_training_set)
     store = Store(tmp_path / "run")
-    with pytest.warns(DeprecationWarning, match="parity_data"):
-        page = report.write_report(store, {"name": "x"}, training_set=labelled, model=tiny_gap_model)
+    with Engine(_local_site(), tmp_path / "run") as engine:
+        parity_data = report.evaluate_training_set(engine, tiny_gap_model, labelled)
+    page = report.write_report(store, {"name": "x"}, training_set=labelled, parity_data=parity_data)
     assert page == store.report_dir / "index.html"
     for n in ["training_growth.png", "parity.png"]:
         _png_ok(store.report_dir / n)

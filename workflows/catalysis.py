@@ -309,8 +309,10 @@ class Catalysis:
     def _report(self, summary: dict):
         from . import report
 
-        report.write_report(self.store.run_dir / "report", summary=summary, training_set=self.store.training_set(),
-                            neb_history=self.neb_history, paths=self.paths, model=self.campaign.model)
+        training_set = self.store.training_set()
+        report.write_report(self.store, summary=summary, training_set=training_set, neb_history=self.neb_history,
+                            paths=self.paths,
+                            parity_data=report.evaluate_training_set(self.engine, self.campaign.model, training_set))
 
 
 # ---------------------------------------------------------------------------------------------- blocks

@@ -9,7 +9,6 @@ atomic-write helper (a temporary name, renamed when complete).
 from __future__ import annotations
 
 import html
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -22,17 +21,12 @@ from ase import Atoms  # noqa: E402
 from ase.constraints import FixAtoms  # noqa: E402
 
 from reactforge.engine.store import atomic_file, atomic_write_text  # noqa: E402
+from reactforge.schemas.protocol import BLOCK_NAMES  # noqa: E402
 from reactforge.schemas.tasks import EvaluateSpec  # noqa: E402
 
-BLOCK_LABELS = {
-    0: "0 initial",
-    1: "1 bulk MD",
-    2: "2 surface MD",
-    3: "3 adsorbate seed + MD",
-    4: "4 adsorbate MD",
-    5: "5 geometry opt.",
-    6: "6 NEB",
-}
+from .catalysis import BLOCKS  # noqa: E402
+
+BLOCK_LABELS = {n: f"{n} {block.title}" for n, block in BLOCKS.items()}
 
 
 def _save(fig, path: Path) -> Path:
@@ -196,8 +190,7 @@ def parity(
 # From run objects to plain data
 # ----------------------------------------------------------------------------------------------
 
-_BLOCK_NUMBER = {"initial": 0, "bulk-md": 1, "surface-md": 2, "adsorbate-seed-md": 3, "adsorbate-md": 4,
-                 "geometry-optimisation": 5, "neb": 6}
+_BLOCK_NUMBER = {name: n for n, name in BLOCK_NAMES.items()}
 
 
 def growth_rows(training_set: Sequence) -> list[dict]:
@@ -305,22 +298,6 @@ def evaluate_training_set(engine, model, training_set: Sequence, chunk: int = 10
     return parity_rows(structures, energies, forces)
 
 
-def _evaluate_here(training_set: Sequence, model, workdir: Path) -> dict | None:
-    """Transitional, for callers that still hand `write_report` a model: the evaluate task run in this
-    process through the engine's worker entry point (neither journaled nor on the mlff executor)."""
-    from reactforge.engine.engine import execute, structure_texts
-    from reactforge.schemas.results import EvaluateResult
-
-    structures = fitted_configurations(training_set)
-    if not structures:
-        return None
-    ctx = {"workdir": str(workdir), "launch": "", "device": "cpu", "threads": 1, "env": {}}
-    out = execute(EvaluateSpec(model=model).model_dump_json(),
-                  structure_texts([_configuration(a) for a in structures]), ctx)
-    result = EvaluateResult.model_validate_json(out)
-    return parity_rows(structures, result.energies_eV, result.forces_eV_per_A)
-
-
 # ----------------------------------------------------------------------------------------------
 # index.html
 # ----------------------------------------------------------------------------------------------
@@ -360,7 +337,6 @@ def write_report(
     training_set: Sequence | None = None,
     neb_history: Sequence[Mapping] | None = None,
     paths: Mapping | None = None,
-    model=None,
 ) -> Path:
     """Write every figure there is data for and `index.html`; returns the page's path.
 
@@ -384,8 +360,7 @@ def write_report(
     neb_history: per block-6 iteration {"iteration": i, <reaction>: {mlff_barrier_eV,
       reference_barrier_eV, mlff_energies_eV, reference_energies_eV}} -> barrier history and, from the
       last iteration of each reaction, the energy profile; `paths` ({reaction: {"energies_eV"}}) gives
-      the MLFF profile of reactions missing there.
-    model: deprecated (pass `parity_data`); evaluated here, in this process, when given without it."""
+      the MLFF profile of reactions missing there."""
     if growth is None and training_set:
         growth = growth_rows(training_set)
     if sigma_traces is None:
@@ -395,11 +370,6 @@ def write_report(
     if profiles is None and (neb_history or paths):
         profiles = profile_rows(neb_history or [], paths or {}, summary.get("validation"))
     outdir = Path(getattr(out, "report_dir", out))
-    if parity_data is None and training_set and model is not None:
-        warnings.warn("write_report(model=...) evaluates the model outside the engine; pass "
-                      "parity_data=evaluate_training_set(engine, model, training_set)", DeprecationWarning,
-                      stacklevel=2)
-        parity_data = _evaluate_here(training_set, model, outdir / ".evaluate")
     figures: list[tuple[str, str]] = []
     if growth:
         figures.append((training_growth(growth, outdir / "training_growth.png").name, "Training-set growth per block"))
