@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from reactforge.engine.lock import RunDirLocked
+from reactforge.engine.lock import RunDirLocked, RunLock
 from reactforge.schemas.loading import InputError, read_yaml, validate
 from reactforge.schemas.site import SiteConfig
 
@@ -55,15 +55,16 @@ def protocol_path(arg: str) -> Path:
 
 def load_protocol(path: Path):
     from reactforge.engine.registry import DEFAULT, WORKFLOWS, protocol_class
+    from reactforge.schemas.loading import load_protocol as load
 
-    data = read_yaml(path)
-    workflow = data.get("workflow", DEFAULT)
-    if workflow not in WORKFLOWS:
-        raise InputError(path, [f"field 'workflow': unknown workflow {workflow!r}; known: {sorted(WORKFLOWS)}"])
-    protocol = validate(path, data, protocol_class(workflow))
-    if hasattr(protocol, "_base_dir"):  # relative structure files resolve against the protocol's folder
-        protocol._base_dir = path.resolve().parent
-    return workflow, protocol
+    def schema(data: dict):
+        workflow = data.get("workflow", DEFAULT)
+        if workflow not in WORKFLOWS:
+            raise InputError(path, [f"field 'workflow': unknown workflow {workflow!r}; known: {sorted(WORKFLOWS)}"])
+        return protocol_class(workflow)
+
+    protocol = load(path, schema)
+    return protocol.workflow, protocol
 
 
 def _prepare(args):
@@ -109,27 +110,44 @@ def run(args) -> int:
         return check(args)
     _, site, path, workflow, protocol, module, _ = _prepare(args)
 
-    from reactforge.engine.engine import Engine
+    from reactforge.engine.engine import Engine, EngineStopped, TaskFailed
     from reactforge.engine.progress import Progress
     from reactforge.engine.store import ProtocolMismatch, Store
 
     run_dir = args.run_dir or Path("runs") / protocol.name
+    lock = RunLock(run_dir)
+    if run_dir.is_dir():  # before claim, which may move a run aside: never from under a live coordinator
+        lock.acquire()
     try:
         state = Store.claim(run_dir, path.read_text(), force_new=args.force_new)
     except ProtocolMismatch as err:
+        lock.release()
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if state.startswith("archived"):  # the lock we held went aside with the old run
+        lock.release()
+        lock = RunLock(run_dir)
+    if not lock.held:
+        lock.acquire()
     print(f"run directory {run_dir}: {'resuming' if state == 'resume' else state}", flush=True)
     store = Store(run_dir)
-    store.protocol_dir = path.resolve().parent
     start = time.time()
-    with Engine(site, run_dir) as engine:
+    with lock, Engine(site, run_dir) as engine:
         with Progress(engine, f"{protocol.name} on {site.name}", live=False if args.no_live else None) as progress:
-            results = module.run(protocol, engine, store, progress)
+            try:
+                results = module.run(protocol, engine, store, progress)
+            except (EngineStopped, TaskFailed) as err:
+                # a block that cannot go on without this task, or an engine that cannot record: the journal
+                # keeps every finished task, so the same command resumes from here
+                store.update_summary(protocol=protocol.name, workflow=workflow, site=site.name, status="failed",
+                                     reason=str(err), wall_s=round(time.time() - start, 1))
+                print(f"error: run stopped: {err}\nfinished tasks are kept in {run_dir / 'journal.db'}; "
+                      "the same command resumes the run", file=sys.stderr)
+                return 1
         summary = store.update_summary(
             protocol=protocol.name, workflow=workflow, site=site.name, wall_s=round(time.time() - start, 1),
             reference_calls=engine.reference_calls, tasks=engine.journal.counts(), executors=engine.stats(),
-            failures=engine.journal.failures(), **results,
+            failures=engine.journal.failures(), status="done", reason=None, **results,
         )
     print(f"done in {summary['wall_s']} s; summary: {run_dir / 'summary.json'}")
     return 0

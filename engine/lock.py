@@ -39,13 +39,17 @@ class RunLock:
         self._fd = fd
         return self
 
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the lock
             self._fd = None
 
     def __enter__(self):
-        return self.acquire()
+        return self if self.held else self.acquire()
 
     def __exit__(self, *exc):
         self.release()

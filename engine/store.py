@@ -91,7 +91,12 @@ class Store:
         run_dir = Path(run_dir)
         digest = sha256_text(protocol_text)
         stamp = run_dir / "protocol.sha256"
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ProtocolMismatch(f"{run_dir} is a file, not a run directory; choose another --run-dir")
         if not stamp.exists():
+            if run_dir.is_dir() and any(p.name != "coordinator.lock" for p in run_dir.iterdir()):
+                raise ProtocolMismatch(f"{run_dir} is not empty and holds no reactforge run (no protocol.sha256); "
+                                       "choose another --run-dir")
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "protocol.yaml", protocol_text)
             atomic_write_text(stamp, digest + "\n")

@@ -239,3 +239,57 @@ def test_report_of_what_is_no_catalysis_run_is_exit_2(tmp_path):
     (tmp_path / "nmr" / "summary.json").write_text('{"workflow": "nmr"}')
     p = cli("report", tmp_path / "nmr")
     assert p.returncode == 2 and "nmr run has no report" in p.stderr
+
+
+HOLD_LOCK = ("from reactforge.engine.lock import RunLock; import sys, time; RunLock(sys.argv[1]).acquire(); "
+             "print('held', flush=True); time.sleep(600)")
+
+
+def test_a_second_coordinator_on_a_run_directory_is_exit_2_naming_the_first(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    first = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "held"
+        p = cli("--site", "local", "--run-dir", run_dir, ROOT / "examples/singlepoints.yaml")
+    finally:
+        first.kill()
+        first.wait()
+    assert p.returncode == 2, p.stderr
+    assert f"another coordinator is running it (pid {first.pid} on" in p.stderr and "Traceback" not in p.stderr
+    assert sorted(x.name for x in run_dir.iterdir()) == ["coordinator.lock"]  # nothing of the run written
+
+
+@pytest.mark.parametrize("occupant", ["folder", "file"])
+def test_a_run_directory_that_is_no_run_is_exit_2_and_untouched(tmp_path, occupant):
+    run_dir = tmp_path / "data"
+    if occupant == "folder":
+        run_dir.mkdir()
+        (run_dir / "precious.txt").write_text("mine")
+    else:
+        run_dir.write_text("mine")
+    p = cli("--site", "local", "--run-dir", run_dir, ROOT / "examples/singlepoints.yaml")
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert str(run_dir) in p.stderr
+    if occupant == "folder":
+        assert sorted(x.name for x in run_dir.iterdir()) == ["coordinator.lock", "precious.txt"]
+        assert (run_dir / "precious.txt").read_text() == "mine"
+    else:
+        assert run_dir.read_text() == "mine"
+
+
+def test_a_block_that_cannot_go_on_ends_the_run_with_status_failed_and_exit_1(tmp_path):
+    """Block 1 without block 0 has nothing to train on: the run stops with one line, no traceback,
+    summary.json says why, and the journal keeps what finished."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    data["blocks"] = [1]
+    data["validation"] = {"enabled": False}
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text(yaml.safe_dump(data))
+    p = cli("--site", "local", "--run-dir", tmp_path / "run", "--no-live", protocol, cwd=tmp_path)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "error: run stopped: train task" in p.stderr and "Traceback" not in p.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "train task" in summary["reason"]
