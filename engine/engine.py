@@ -55,7 +55,7 @@ def code_versions(kind: str) -> dict[str, str]:
 
 def structure_texts(structures: list[Atoms]) -> list[str]:
     """extxyz of each structure without its calculator: what is hashed and what workers receive."""
-    return [atoms_to_text(_plain(a)) for a in structures]
+    return [atoms_to_text(a.copy()) for a in structures]  # ASE's copy carries no calculator
 
 
 def task_key(spec, structures: list[Atoms], texts: list[str] | None = None) -> str:
@@ -293,10 +293,3 @@ class Engine:
                         "failed": c.failed, "cached": c.cached}
                 for label, c in self._counts.items()
             }
-
-
-def _plain(atoms: Atoms) -> Atoms:
-    a = atoms.copy()
-    a.calc = None
-    return a
-

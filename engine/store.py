@@ -124,7 +124,6 @@ class Store:
             if self._db.count(task=task) > 0:  # resume replays: a task is labelled once
                 return None
             atoms = result.atoms.copy()
-            atoms.calc = None
             kv = {"block": block, "iteration": int(iteration), "reason": reason, "task": task,
                   "REF_energy": float(result.energy_eV), "energy_weight": float(energy_weight),
                   "force_weight": float(force_weight), "reference": result.reference,

@@ -60,7 +60,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind(T.NEBSpec, R.NEBResult, "neb", MLFF_CODES, reference_or_mlff),
     Kind(T.MinimaHoppingSpec, R.MinimaHoppingResult, "minimahopping", MLFF_CODES, "mlff"),
     Kind(T.UmbrellaWindowSpec, R.UmbrellaWindowResult, "umbrella", MLFF_CODES, "mlff"),
-    Kind(T.NMRShieldingSpec, R.NMRShieldingResult, "nmrshielding", ("ase", "soprano"), "reference"),
+    Kind(T.NMRShieldingSpec, R.NMRShieldingResult, "nmrshielding", ("ase",), "reference"),
     Kind(T.TrainSpec, R.TrainResult, "train", MLFF_CODES, by_model_kind),
     Kind(T.EvaluateSpec, R.EvaluateResult, "evaluate", MLFF_CODES, "mlff"),
     Kind(T.VibrationsSpec, R.VibrationsResult, "vibrations", MLFF_CODES, "mlff"),

@@ -291,8 +291,7 @@ class Catalysis:
         def save(name: str, images: list[Atoms], info: dict[str, list]):
             frames = []
             for k, image in enumerate(images):
-                a = image.copy()
-                a.calc = None
+                a = image.copy()  # ASE's copy carries no calculator
                 a.info.update({key: values[k] for key, values in info.items()
                                if values is not None and values[k] is not None})
                 frames.append(a)

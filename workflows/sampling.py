@@ -246,7 +246,6 @@ def average_soap(structures: Sequence[Atoms], elements: Sequence[str], centres: 
     for k, atoms in enumerate(structures):
         a = atoms.copy()
         a.set_constraint()
-        a.calc = None
         if not a.pbc.any():
             a.pbc = True
         out = desc.calc(a)
