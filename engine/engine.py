@@ -93,7 +93,7 @@ def execute(spec_json: str, structures_text: list[str], ctx: dict) -> str:
     spec = _SPEC.validate_json(spec_json)
     structures = [atoms_from_text(t) for t in structures_text]
     context = TaskContext(workdir=Path(ctx["workdir"]), launch=ctx["launch"], device=ctx["device"],
-                          threads=ctx["threads"], env=ctx["env"])
+                          threads=ctx["threads"], env=ctx["env"], reference_timeout_s=ctx.get("reference_timeout_s"))
     return run_task(spec, structures, context).model_dump_json()
 
 
@@ -126,6 +126,8 @@ class _Pending:
     attempts: int = 0
     fallback_used: bool = False
     app_future: object = None
+    closed: int = 0  # the last attempt whose outcome was taken (it finished, or its walltime expired)
+    timer: object = None
 
 
 class Engine:
@@ -216,12 +218,16 @@ class Engine:
     def _context(self, job: _Pending) -> dict:
         ex = self.site.executors[job.label]
         reference = job.resource == "reference"
+        workdir = self.run_dir / "tasks" / job.spec.kind / job.key[:16]
+        if job.attempts > 1:  # an expired attempt may still be running in the first folder
+            workdir = workdir / f"attempt{job.attempts}"
         return {
-            "workdir": str(self.run_dir / "tasks" / job.spec.kind / job.key[:16]),
+            "workdir": str(workdir),
             "launch": self.site.reference_launch if reference else "",
             "device": ex.device,
             "threads": ex.threads_per_task,
             "env": dict(self.site.reference_env) if reference else {},
+            "reference_timeout_s": self.site.reference_timeout_s if reference else None,
         }
 
     def _launch(self, job: _Pending):
@@ -230,13 +236,27 @@ class Engine:
         if job.spec.kind == "singlepoint":
             with self._lock:
                 self.reference_calls += 1
+        attempt = job.attempts
         fut = self._apps[job.label](job.spec.model_dump_json(), job.structures_text, self._context(job))
         job.app_future = fut
-        fut.add_done_callback(lambda f, job=job: self._finished(job, f))
+        limit = self.site.walltime_s.get(job.resource)
+        if limit:
+            job.timer = threading.Timer(limit, self._finished, args=(job, attempt, None, limit))
+            job.timer.daemon = True
+            job.timer.start()
+        fut.add_done_callback(lambda f, job=job, attempt=attempt: self._finished(job, attempt, f))
 
-    def _finished(self, job: _Pending, fut):
+    def _finished(self, job: _Pending, attempt: int, fut, expired_after: float | None = None):
+        """An attempt's outcome: its app future finished, or (fut None) its walltime expired first.
+        Whichever comes second is ignored; an expired attempt's late result never counts."""
+        with self._lock:
+            if job.closed >= attempt:
+                return
+            job.closed = attempt
+        if fut is not None and job.timer is not None:
+            job.timer.cancel()
         try:
-            self._record(job, fut)
+            self._record(job, fut, expired_after)
         except BaseException as err:  # noqa: BLE001 - an exception escaping a callback is lost, its future never resolves
             self.stopped = EngineStopped(f"could not record {job.spec.kind} task {job.key[:12]}: "
                                          f"{type(err).__name__}: {err}")
@@ -245,8 +265,14 @@ class Engine:
             if not job.outer.done():
                 job.outer.set_exception(self.stopped)
 
-    def _record(self, job: _Pending, fut):
-        exc = fut.exception()
+    def _record(self, job: _Pending, fut, expired_after: float | None = None):
+        if expired_after is not None:
+            from reactforge.tasks.errors import TransientError
+
+            exc = TransientError(f"the attempt exceeded the site's wall-clock limit for {job.resource} tasks "
+                                 f"({expired_after:g} s)")
+        else:
+            exc = fut.exception()
         if exc is None:
             try:
                 result = _RESULT.validate_json(fut.result())

@@ -73,6 +73,14 @@ class SiteConfig(Strict):
     )
     reference_launch: str = Field("", description="MPI launch prefix for reference codes (pw.x, castep)")
     reference_env: dict[str, str] = Field(default_factory=dict, description="e.g. OMP_NUM_THREADS: '1'")
+    reference_timeout_s: float | None = Field(
+        None, gt=0, description="wall-clock limit of one reference-code run (pw.x, CASTEP), killed with its "
+        "processes -> transient failure, retried; a reference's own timeout_s overrides it"
+    )
+    walltime_s: dict[Literal["reference", "mlff", "training", "training_cpu"], Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="wall-clock limit of one task attempt by resource -> transient "
+        "failure, retried elsewhere (covers codes that run inside the worker, such as tblite)"
+    )
 
     @model_validator(mode="before")
     @classmethod

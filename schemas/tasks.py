@@ -63,6 +63,10 @@ class EspressoReference(Strict):
         default_factory=dict, description="additional namelist entries, e.g. {'system': {'nosym': True}}"
     )
     executable: str = Field("pw.x", description="pw.x command after the site's launch prefix, e.g. 'pw.x -nk 4'")
+    timeout_s: float | None = Field(
+        None, gt=0, description="wall-clock limit of one run, killed with its processes -> transient failure; "
+        "None = the site's reference_timeout_s"
+    )
     fallback: SCFFallback = SCFFallback()
 
 
@@ -89,6 +93,10 @@ class CastepReference(Strict):
     extra_param: dict[str, str | float | int | bool] = Field(default_factory=dict)
     executable: str | None = Field(
         None, description="CASTEP binary; None = castep.mpi with a launch prefix, castep.serial without"
+    )
+    timeout_s: float | None = Field(
+        None, gt=0, description="wall-clock limit of one run, killed with its processes -> transient failure; "
+        "None = the site's reference_timeout_s"
     )
     fallback: SCFFallback = SCFFallback()
 

@@ -12,6 +12,7 @@ class TaskContext:
     device: str = "cpu"  # "cpu" or "cuda" for training / MLFF evaluation
     threads: int = 1
     env: dict[str, str] = field(default_factory=dict)  # extra environment for reference codes
+    reference_timeout_s: float | None = None  # the site's wall-clock limit of one reference-code run
 
     def __post_init__(self):
         Path(self.workdir).mkdir(parents=True, exist_ok=True)

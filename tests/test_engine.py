@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,7 +183,8 @@ def test_work_is_routed_by_what_it_computes():
 @pytest.mark.qe
 def test_reference_neb_runs_on_the_reference_executor_with_the_launch_prefix(tmp_path):
     """pw.x inside a validation NEB is started like a reference single point: the reference pool and
-    the site's launch prefix (here one that kills it after 0.2 s, so the NEB fails)."""
+    the site's launch prefix (here one that kills it after 0.2 s: without the prefix the two-step NEB of
+    H2 would succeed), and a killed code is a transient failure there as in a single point."""
     from reactforge.schemas.tasks import NEBSpec
 
     a, b = _h2(), _h2()
@@ -193,7 +195,7 @@ def test_reference_neb_runs_on_the_reference_executor_with_the_launch_prefix(tmp
         with pytest.raises(TaskFailed) as err:
             engine.run(spec, [a, b])
         assert engine.stats()["dft"]["failed"] == 1 and engine.stats()["ml"]["failed"] == 0
-    assert "'timeout', '-s', 'KILL', '0.2', 'mpirun'" in err.value.message and "pw.x" in err.value.message
+    assert err.value.failure_class == "transient" and "exit -9" in err.value.message
 
 
 @pytest.mark.timeout(120)
@@ -223,3 +225,44 @@ def test_a_done_task_is_never_marked_submitted_again(tmp_path):
     assert journal.result("k") == '{"x": 1}'
     assert journal.counts() == {"singlepoint": {"done": 1}}
     journal.close()
+
+
+HANG = "python3 -c 'import time; time.sleep({})'"  # a reference code that never answers (pw.x's args ignored)
+
+
+@needs_qe
+@pytest.mark.timeout(120)
+def test_a_hung_reference_code_is_killed_at_the_site_timeout_and_counted_transient(tmp_path):
+    marker = 61.2345
+    spec = SinglePointSpec(reference=_qe(), max_retries=1)
+    hung = _two_pool_site(reference_launch=HANG.format(marker), reference_timeout_s=1.0)
+    with Engine(hung, tmp_path) as engine:
+        with pytest.raises(TaskFailed) as err:
+            engine.run(spec, [_h2()])
+    assert err.value.failure_class == "transient" and "timeout of 1.0 s" in err.value.message
+    assert journal_rows(tmp_path) == [("singlepoint", "failed", 2, "transient")]
+    alive = [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p).count(str(marker))]
+    assert not alive  # killed with its process group, not left running
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@needs_qe
+@pytest.mark.timeout(120)
+def test_an_attempt_past_the_site_walltime_is_transient_and_its_late_result_ignored(tmp_path):
+    """Codes that run inside the worker (tblite) cannot be killed by a launcher timeout: the engine's
+    per-resource walltime ends the attempt; the retry works in its own folder."""
+    spec = SinglePointSpec(reference=_qe(), max_retries=1)
+    slow = _two_pool_site(reference_launch=HANG.format(4), walltime_s={"reference": 1.0})
+    with Engine(slow, tmp_path) as engine:
+        with pytest.raises(TaskFailed) as err:
+            engine.run(spec, [_h2()])
+    assert err.value.failure_class == "transient" and "wall-clock limit for reference tasks (1 s)" in err.value.message
+    assert journal_rows(tmp_path) == [("singlepoint", "failed", 2, "transient")]
+    (task,) = (tmp_path / "tasks" / "singlepoint").iterdir()
+    assert (task / "attempt2").is_dir()

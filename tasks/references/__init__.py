@@ -46,10 +46,13 @@ def _code(reference):
 
 
 def make_calculator(reference, atoms: Atoms, ctx: TaskContext, fallback: bool = False, timeout_s: float | None = None):
-    """The ASE calculator of `reference` for `atoms`, working in ctx.workdir."""
+    """The ASE calculator of `reference` for `atoms`, working in ctx.workdir. The wall-clock limit of one
+    run of the code: `timeout_s` (the task spec's), else the reference's own, else the site's."""
     code = _code(reference)
     if code is None:
         raise TypeError(f"unknown reference spec {type(reference).__name__}")
+    for limit in (getattr(reference, "timeout_s", None), ctx.reference_timeout_s):
+        timeout_s = timeout_s if timeout_s is not None else limit
     return code.calculator(reference, atoms, ctx, fallback, timeout_s)
 
 
@@ -109,8 +112,8 @@ class SCFFallbackCalculator(Calculator):
                 self.results = _evaluate(calc, self.atoms, properties)
             except Exception as exc:
                 error = classify_failure(self.reference, Path(self.ctx.workdir), exc)
-                if not isinstance(error, SCFNotConverged):
-                    raise
+                if not isinstance(error, SCFNotConverged):  # a killed or timed-out code is transient here too
+                    raise error from exc
                 if k == len(attempts) - 1:  # classified, so the engine records an `scf` failure (final)
                     raise error from exc
                 self.fallback_calls += 1
