@@ -206,6 +206,10 @@ class Engine:
             if key in self._pending:  # the same task twice in flight: share one execution
                 return self._pending[key].outer
             job = _Pending(key, spec, texts, label, resource, outer)
+            if self.journal.interrupted_failure(key) == "scf" and hasattr(spec, "use_fallback"):
+                # the killed coordinator had already seen this SCF fail: resume with the fallback settings
+                job.fallback_used = True
+                job.spec = spec.model_copy(update={"use_fallback": True})
             self._pending[key] = job
             self._counts[label].queued += 1
         self.journal.submitted(key, spec.kind, label, spec.model_dump_json())

@@ -266,3 +266,23 @@ def test_an_attempt_past_the_site_walltime_is_transient_and_its_late_result_igno
     assert journal_rows(tmp_path) == [("singlepoint", "failed", 2, "transient")]
     (task,) = (tmp_path / "tasks" / "singlepoint").iterdir()
     assert (task / "attempt2").is_dir()
+
+
+@needs_qe
+@pytest.mark.qe
+def test_a_resumed_task_keeps_its_scf_fallback(tmp_path):
+    """The coordinator died after the first SCF failure: the resumed task starts with the fallback
+    settings instead of repeating the attempt that failed."""
+    from reactforge.engine.journal import Journal
+
+    spec = SinglePointSpec(reference=_qe(max_scf_steps=1))
+    key = task_key(spec, [_h2()])
+    journal = Journal(tmp_path / "journal.db")
+    journal.submitted(key, "singlepoint", "threads", spec.model_dump_json())
+    journal.attempt(key, "scf", "SCFNotConverged: espresso: SCF not converged")
+    journal.close()
+    with Engine(site(), tmp_path) as engine:
+        result = engine.run(spec, [_h2()])
+        assert engine.reference_calls == 1
+    assert result.scf_fallback_used
+    assert journal_rows(tmp_path) == [("singlepoint", "done", 2, "scf")]
