@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .base import Strict
+from .base import Identifier, Strict
 from .loading import ProtocolFile
 from .tasks import NMRShieldingSpec
 
@@ -105,7 +105,7 @@ class PrecomputedMinimum(Strict):
 
 class NMRProtocol(ProtocolFile):
     workflow: Literal["nmr"]
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    name: Identifier = Field(..., description="also the default run directory, runs/<name>")
     model: MLFFFiles | None = None
     structure: str | None = Field(None, description="start structure (ASE-readable)")
     fixed_atoms: list[int] = Field(default_factory=list)

@@ -13,7 +13,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import Strict
+from .base import Identifier, Strict
 from .loading import ProtocolFile
 from .loading import load_protocol as _load
 from .tasks import GAPModelSpec, ModelSpec, Reference, XTBReference
@@ -125,13 +125,20 @@ class Fragment(Strict):
         explicit = self.symbols is not None or self.positions_A is not None
         if explicit == (self.molecule is not None):
             raise ValueError("fragment: give either 'molecule' or 'symbols' with 'positions_A'")
-        if explicit:
-            from ase.symbols import string2symbols
+        if explicit and (self.symbols is None or self.positions_A is None):
+            raise ValueError("fragment: 'symbols' and 'positions_A' go together")
+        from ase.data import atomic_numbers
 
-            if self.symbols is None or self.positions_A is None:
-                raise ValueError("fragment: 'symbols' and 'positions_A' go together")
-            if len(string2symbols(self.symbols)) != len(self.positions_A):
-                raise ValueError("fragment: 'symbols' and 'positions_A' differ in length")
+        try:
+            symbols = self.chemical_symbols()
+        except (KeyError, ValueError):  # ASE's errors for an unknown molecule name or unparsable symbols
+            symbols = None
+        if symbols is None or any(s not in atomic_numbers for s in symbols):
+            raise ValueError(f"fragment: symbols {self.symbols!r} are not chemical symbols" if explicit else
+                             f"fragment: molecule {self.molecule!r} is neither an element nor an ase.build.molecule "
+                             "name (e.g. 'CO2', 'H2O', 'CH3OH')")
+        if explicit and len(symbols) != len(self.positions_A):
+            raise ValueError("fragment: 'symbols' and 'positions_A' differ in length")
         return self
 
     def chemical_symbols(self) -> list[str]:
@@ -172,7 +179,7 @@ class IntermediateSpec(Strict):
 class ReactionSpec(Strict):
     """One elementary step: an ordered pair of intermediates (NEB initial -> final)."""
 
-    name: str
+    name: Identifier = Field(..., description="also the file name of its path: paths/<name>.xyz")
     initial: str
     final: str
 
@@ -356,7 +363,7 @@ BLOCK_NAMES = {
 class Protocol(ProtocolFile):
     """The catalysis active-learning protocol (thesis chapter 3): everything a run needs."""
 
-    name: str = Field(..., min_length=1)
+    name: Identifier = Field(..., description="also the default run directory, runs/<name>")
     workflow: Literal["catalysis"] = "catalysis"
     bulk: BulkSpec
     surface: SurfaceSpec
