@@ -14,10 +14,16 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, PrivateAttr, TypeAdapter, ValidationError
 
-from .base import Strict
+from .base import USER_INPUT, Strict
 
 T = TypeVar("T")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+# Bounds on a YAML document, checked before anything expands it: aliases share nodes, but ${VAR} expansion
+# and validation walk every copy, so ten nested aliases of ten make 10^10 leaves (a "billion laughs").
+MAX_BYTES = 2_000_000
+MAX_NODES = 100_000  # nodes as expanded, every alias counted as a copy of its anchor
+MAX_DEPTH = 100  # far beyond any protocol, well inside Python's recursion limit
 
 
 class InputError(Exception):
@@ -47,25 +53,102 @@ def _expand_env(obj: Any, where: str, path: Path) -> Any:
     return obj
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (YAML would keep the last silently), recursive aliases, and
+    documents deeper than MAX_DEPTH or larger than MAX_NODES once aliases are expanded."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._nodes, self._depth, self._size = 0, 0, {}  # _size: id(node) -> its size with aliases expanded
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            anchored = self.anchors.get(event.anchor)
+            if anchored is not None and id(anchored) not in self._size:
+                raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} refers to a node that contains it",
+                                                  event.start_mark)
+            self._count(self._size.get(id(anchored), 0), event.start_mark)
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                              self.peek_event().start_mark)
+        before = self._nodes
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        self._count(1, node.start_mark)
+        self._size[id(node)] = self._nodes - before
+        return node
+
+    def _count(self, n: int, mark) -> None:
+        self._nodes += n
+        if self._nodes > MAX_NODES:
+            raise yaml.composer.ComposerError(None, None, f"more than {MAX_NODES} values (aliases expanded)", mark)
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then overriding a key is allowed
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"field {key!r} given twice (first on line {seen[key] + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: the base class says so
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path, expand_env: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, ["file not found"])
+    if path.stat().st_size > MAX_BYTES:
+        raise InputError(path, [f"larger than {MAX_BYTES // 1_000_000} MB; a protocol or site file is a few kB"])
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(path, [f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})"]) from None
+    loader = _BoundedLoader(text)
+    loader.name = str(path)  # marks in messages name the file, not "<unicode string>"
+    try:
+        data = loader.get_single_data()
     except yaml.YAMLError as err:
         raise InputError(path, [f"not valid YAML: {err}"]) from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise InputError(path, ["top level must be a mapping of field: value"])
     return _expand_env(data, "", path) if expand_env else data
+
+
+def read_structure(path: Path, where: str, index: int = 0):
+    """Frame `index` (negative: from the end) of a structure file a protocol names, as ase.Atoms. A file that is
+    missing, that ASE cannot read, or that has no such frame is a ValueError naming the field `where`; the plan
+    calls it, so bad input stops before a run directory exists."""
+    from ase.io import read
+
+    if not path.is_file():
+        raise ValueError(f"field '{where}': no such file {str(path)!r}")
+    try:
+        frames = read(path, index=":")
+    except Exception as err:  # noqa: BLE001 - ASE's readers fail on a non-structure file with any error at all
+        raise ValueError(f"field '{where}': {path} is not a structure file ASE can read "
+                         f"({type(err).__name__}: {err})") from None
+    if not -len(frames) <= index < len(frames):  # ASE itself reads frame 0 for @-5 of a one-frame file
+        raise ValueError(f"field '{where}': {path} has {len(frames)} frame(s), so no frame {index}")
+    return frames[index]
 
 
 def validate(path: str | Path, data: dict, model: type[T] | Any) -> T:
     """Validate `data` against a model class or an annotated union; field paths in the message."""
     try:
         if isinstance(model, type) and issubclass(model, BaseModel):
-            return model.model_validate(data)
-        return TypeAdapter(model).validate_python(data)
+            return model.model_validate(data, context=USER_INPUT)
+        return TypeAdapter(model).validate_python(data, context=USER_INPUT)
     except ValidationError as err:
         problems = []
         for e in err.errors():

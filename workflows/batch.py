@@ -3,25 +3,27 @@ from __future__ import annotations
 
 from concurrent.futures import wait
 
-from ase.io import read
-
 from reactforge.engine.engine import TaskFailed
+from reactforge.schemas.loading import read_structure
 
 
-def read_structures(protocol, names: list[str]):
-    """The structures a job names ('file@i' picks frame i), files relative to the protocol's folder."""
+def read_structures(protocol, names: list[str], where: str = "structures"):
+    """The structures a job names ('file@i' picks frame i), files relative to the protocol's folder; a
+    ValueError naming the field `where`.k for a reference that is no frame of a structure file."""
     out = []
-    for name in names:
+    for k, name in enumerate(names):
         path, _, index = name.partition("@")
-        out.append(read(protocol.resolve(path), index=int(index) if index else 0))
+        try:
+            i = int(index) if index else 0
+        except ValueError:
+            raise ValueError(f"field '{where}.{k}': {name!r}: the frame after '@' must be an integer") from None
+        out.append(read_structure(protocol.resolve(path), f"{where}.{k}", i))
     return out
 
 
 def plan(protocol) -> list[str]:
     for i, job in enumerate(protocol.jobs):
-        for k, name in enumerate(job.structures):
-            if not protocol.resolve(name.partition("@")[0]).is_file():
-                raise ValueError(f"field 'jobs.{i}.structures.{k}': no such file {name!r}")
+        read_structures(protocol, job.structures, f"jobs.{i}.structures")  # bad input stops here, not mid-run
     return [f"{job.name}: {job.spec.kind} on {len(job.structures)} structure(s)" for job in protocol.jobs]
 
 

@@ -15,8 +15,8 @@ from ase import Atoms
 from ase.build import bulk as ase_bulk
 from ase.build import make_supercell, surface
 from ase.constraints import FixAtoms
-from ase.io import read
 
+from reactforge.schemas.loading import read_structure
 from reactforge.schemas.protocol import (
     AtomSite,
     BulkSpec,
@@ -33,18 +33,24 @@ from reactforge.schemas.protocol import (
 Resolve = Callable[[str], Path]
 
 
-def _read(name: str, resolve: Resolve | None) -> Atoms:
-    return read(resolve(name) if resolve is not None else Path(name))
+def _read(name: str, resolve: Resolve | None, field: str) -> Atoms:
+    # the last frame, as ase.io.read gives without an index (a relaxation's output is read as its end point)
+    return read_structure(resolve(name) if resolve is not None else Path(name), field, index=-1)
 
 
 def build_bulk(spec: BulkSpec, resolve: Resolve | None = None, repeat: bool = True) -> Atoms:
     """The bulk cell (file or ase.build.bulk), repeated by `spec.repeat` (the slab is cut from the
     unrepeated cell: `repeat=False`)."""
     if spec.file is not None:
-        atoms = _read(spec.file, resolve)
+        atoms = _read(spec.file, resolve, "bulk.file")
     else:
-        kwargs = {"crystalstructure": spec.crystalstructure, "a": spec.a_A, "c": spec.c_A}
-        atoms = ase_bulk(spec.name, cubic=spec.cubic, **{k: v for k, v in kwargs.items() if v is not None})
+        kwargs = {k: v for k, v in {"crystalstructure": spec.crystalstructure, "a": spec.a_A, "c": spec.c_A}.items()
+                  if v is not None}
+        try:
+            atoms = ase_bulk(spec.name, cubic=spec.cubic, **kwargs)
+        except (ValueError, KeyError, ArithmeticError) as err:  # e.g. a_A: 1e300 divides by zero in ASE
+            raise ValueError(f"field 'bulk': ase.build.bulk({spec.name!r}, cubic={spec.cubic}, "
+                             f"{', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) fails: {err}") from None
     if repeat:
         atoms = atoms.repeat(spec.repeat)
     atoms.pbc = True
@@ -87,7 +93,7 @@ def _in_plane_matrix(size) -> np.ndarray:
 def build_slab(bulk: Atoms, spec: SurfaceSpec, resolve: Resolve | None = None) -> Atoms:
     """The slab: ase.build.surface of the bulk, in-plane supercell, a1 along x, bottom fixed."""
     if spec.file is not None:
-        slab = _read(spec.file, resolve)
+        slab = _read(spec.file, resolve, "surface.file")
     else:
         slab = surface(bulk, spec.miller, spec.layers, vacuum=spec.vacuum_A, periodic=True)
         P = _in_plane_matrix(spec.size)
@@ -172,7 +178,7 @@ def build_intermediate(
 ) -> Atoms:
     """Slab with the active site plus the adsorbate: slab atoms first, then adsorbate atoms in order."""
     if spec.file is not None:
-        atoms = _read(spec.file, resolve)
+        atoms = _read(spec.file, resolve, f"intermediates.{name}.file")
         if len(atoms) <= len(site_slab) or atoms.get_chemical_symbols()[: len(site_slab)] != site_slab.get_chemical_symbols():
             raise ValueError(f"intermediate {name!r}: its file must start with the active-site slab's atoms")
         atoms.pbc = True
