@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import sys
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib import metadata
@@ -92,6 +94,10 @@ def execute(spec_json: str, structures_text: list[str], ctx: dict) -> str:
 
     spec = _SPEC.validate_json(spec_json)
     structures = [atoms_from_text(t) for t in structures_text]
+    workdir = Path(ctx["workdir"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / "executions.log", "a") as log:  # one line per execution: what ran, where, when
+        log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {socket.gethostname()} pid {os.getpid()}\n")
     context = TaskContext(workdir=Path(ctx["workdir"]), launch=ctx["launch"], device=ctx["device"],
                           threads=ctx["threads"], env=ctx["env"], reference_timeout_s=ctx.get("reference_timeout_s"))
     return run_task(spec, structures, context).model_dump_json()
