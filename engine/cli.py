@@ -59,7 +59,7 @@ def load_protocol(path: Path):
 
     def schema(data: dict):
         workflow = data.get("workflow", DEFAULT)
-        if workflow not in WORKFLOWS:
+        if not isinstance(workflow, str) or workflow not in WORKFLOWS:
             raise InputError(path, [f"field 'workflow': unknown workflow {workflow!r}; known: {sorted(WORKFLOWS)}"])
         return protocol_class(workflow)
 
@@ -117,6 +117,7 @@ def run(args) -> int:
     run_dir = args.run_dir or Path("runs") / protocol.name
     lock = RunLock(run_dir)
     if run_dir.is_dir():  # before claim, which may move a run aside: never from under a live coordinator
+        Store.check_readable(run_dir)  # before the lock file too: a run that cannot resume is left as it was
         lock.acquire()
     try:
         state = Store.claim(run_dir, path.read_text(), force_new=args.force_new)

@@ -20,10 +20,11 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from ase import Atoms
 from ase.db import connect
 from ase.io import write
 
+from reactforge.schemas.loading import InputError
 from reactforge.schemas.results import SinglePointResult
 
 
@@ -69,6 +71,10 @@ def sha256_text(text: str) -> str:
 
 class ProtocolMismatch(Exception):
     pass
+
+
+class OutsideRunDir(ValueError):
+    """A file name that would put a file outside the run directory (`../x`, an absolute path)."""
 
 
 class Store:
@@ -114,6 +120,39 @@ class Store:
         shutil.move(str(run_dir), str(archive))  # never delete a run's state: move it aside
         Store.claim(run_dir, protocol_text, force_new=False)
         return f"archived:{archive}"
+
+    @staticmethod
+    def check_readable(run_dir: Path) -> None:
+        """InputError naming the file if a run directory's databases or summary cannot be read, so a resume
+        stops before it touches anything instead of with a traceback from inside the engine. Opened read-only
+        and immutable (no lock, no -wal/-shm files made); reading the schema finds a file that is no SQLite
+        database, not every damaged page."""
+        run_dir = Path(run_dir)
+        for path in (run_dir / "journal.db", run_dir / "labels.db"):
+            if not path.is_file():
+                continue
+            try:
+                with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)) as db:
+                    db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.DatabaseError as err:
+                raise InputError(path, [f"cannot be read as a database ({err}); the run cannot resume: move the run "
+                                        "directory aside, or choose another --run-dir"]) from None
+        summary = run_dir / "summary.json"
+        if summary.is_file():
+            try:
+                json.loads(summary.read_bytes())
+            except ValueError as err:  # UnicodeDecodeError included
+                raise InputError(summary, [f"not JSON ({err}); move the run directory aside, or choose another "
+                                           "--run-dir"]) from None
+
+    def _path(self, name: str | Path) -> Path:
+        """run_dir/name, refused unless it stays inside the run directory. Lexical (normpath), not resolved:
+        a folder the user links into the run directory (e.g. models/ on another disk) is still theirs to use."""
+        path = Path(os.path.normpath(self.run_dir / name))
+        root = Path(os.path.normpath(self.run_dir))
+        if path == root or root not in path.parents:
+            raise OutsideRunDir(f"{name!r} is not a file name inside the run directory {self.run_dir}")
+        return path
 
     # ------------------------------------------------------------------ labels
     def add_label(self, result: SinglePointResult, *, block: str, iteration: int, reason: str, task: str,
@@ -161,7 +200,7 @@ class Store:
         """Structures as extxyz at run_dir/name (subdirectories made), written atomically."""
         with self.atomic_path(name) as tmp:
             write(tmp, frames, format="extxyz")
-        return self.run_dir / name
+        return self._path(name)
 
     # ------------------------------------------------------------------ files
     @property
@@ -173,19 +212,19 @@ class Store:
     def atomic_path(self, name: str) -> Iterator[Path]:
         """A temporary path to write run_dir/name to (e.g. a figure's savefig); renamed into place when
         the block ends without error."""
-        with atomic_file(self.run_dir / name) as tmp:
+        with atomic_file(self._path(name)) as tmp:
             yield tmp
 
     def write_text(self, name: str, text: str) -> Path:
-        return atomic_write_text(self.run_dir / name, text)
+        return atomic_write_text(self._path(name), text)
 
     def write_bytes(self, name: str, data: bytes) -> Path:
-        return atomic_write_bytes(self.run_dir / name, data)
+        return atomic_write_bytes(self._path(name), data)
 
     # ------------------------------------------------------------------ models, json, summary
     def keep_model(self, paths: list[str], name: str) -> list[str]:
         """Copy model files into models/<name>/ (the task workdir holds the original)."""
-        dest = self.run_dir / "models" / name
+        dest = self._path(Path("models") / name)
         dest.mkdir(parents=True, exist_ok=True)
         kept = []
         for p in paths:
@@ -208,12 +247,12 @@ class Store:
                         sha256=files_sha256(paths))
 
     def write_json(self, name: str, obj) -> Path:
-        path = self.run_dir / name
+        path = self._path(name)
         atomic_write_text(path, json.dumps(obj, indent=2, default=_jsonable))
         return path
 
     def read_json(self, name: str):
-        path = self.run_dir / name
+        path = self._path(name)
         return json.loads(path.read_text()) if path.exists() else None
 
     def update_summary(self, **entries) -> dict:
