@@ -3,22 +3,56 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import cache
 from pathlib import Path
 
 from reactforge.schemas.kinds import RESOURCES
 from reactforge.schemas.site import ExecutorConfig, SiteConfig
 
 
+@cache  # parsl is imported when a provider is built, not when this module is
+def _slurm_provider_class():
+    from parsl.providers import SlurmProvider
+
+    class GpuAwareSlurmProvider(SlurmProvider):
+        """Parsl's SlurmProvider, with two things its options cannot say.
+
+        `gpus`: `#SBATCH --gpus=N` (GPUs per job), the form ARCHER2 documents; Parsl only writes
+        --gpus-per-node. `asks_for_gpus`: no `--ntasks-per-node` line. Parsl's template always writes one,
+        and ARCHER2 rejects GPU jobs that set tasks or cores (it sizes their host share by the GPUs); without
+        it SLURM starts one task per node, which is what the line said for an HTEX block.
+        """
+
+        NTASKS_LINE = "#SBATCH --ntasks-per-node=${tasks_per_node}\n"
+
+        def __init__(self, *, gpus: int | None = None, asks_for_gpus: bool = False, **kwargs):
+            super().__init__(**kwargs)
+            self.gpus, self.asks_for_gpus = gpus, asks_for_gpus
+            if gpus:
+                self.scheduler_options += f"#SBATCH --gpus={gpus}\n"
+
+        def _write_submit_script(self, template, script_filename, job_name, configs):
+            if self.asks_for_gpus:
+                if self.NTASKS_LINE not in template:  # a new Parsl template: fail rather than submit a rejected job
+                    raise RuntimeError("Parsl's SLURM template changed: cannot leave out --ntasks-per-node")
+                template = template.replace(self.NTASKS_LINE, "")
+            return super()._write_submit_script(template, script_filename, job_name, configs)
+
+    return GpuAwareSlurmProvider
+
+
 def _provider(cfg: ExecutorConfig):
     from parsl.launchers import SingleNodeLauncher, SrunLauncher
-    from parsl.providers import LocalProvider, SlurmProvider
+    from parsl.providers import LocalProvider
 
     p = cfg.provider
     if p.type == "local":
         return LocalProvider(
             init_blocks=p.init_blocks, min_blocks=p.min_blocks, max_blocks=p.max_blocks, worker_init=p.worker_init
         )
-    return SlurmProvider(
+    return _slurm_provider_class()(
+        gpus=p.gpus_per_job,
+        asks_for_gpus=p.asks_for_gpus,
         partition=p.partition,
         account=p.account,
         qos=p.qos,
@@ -107,7 +141,7 @@ def render_submit_script(site: SiteConfig, label: str, script_dir: Path) -> str:
     provider.script_dir = str(script_dir)
     Path(script_dir).mkdir(parents=True, exist_ok=True)
     provider.execute_wait = lambda cmd, timeout=None: (0, "Submitted batch job 1", "")
-    provider.submit("process_worker_pool.py  # the HTEX worker pool command", tasks_per_node=1,
-                    job_name=f"reactforge.{label}")
+    provider.submit(f"process_worker_pool.py -a {cfg.address} ...  # HTEX's worker pool; ports are chosen at start",
+                    tasks_per_node=1, job_name=f"reactforge.{label}")
     scripts = sorted(p for p in Path(script_dir).glob(f"reactforge.{label}.*") if p.suffix not in (".stdout", ".stderr"))
     return scripts[-1].read_text()
