@@ -95,13 +95,13 @@ def check(args) -> int:
     print(f"site {site.name} ({site_path}) would start:")
     for line in describe(site):
         print(f"  {line}")
+    # the whole script, not only its #SBATCH lines: worker_init and the launcher are commands of the job too
     with tempfile.TemporaryDirectory() as tmp:
         for label, cfg in site.executors.items():
             if cfg.provider.type == "slurm":
-                script = render_submit_script(site, label, Path(tmp))
-                sbatch = [ln for ln in script.splitlines() if ln.startswith("#SBATCH") and "--output" not in ln
-                          and "--error" not in ln and "--job-name" not in ln]
-                print(f"  {label} submit script: {' '.join(ln[8:] for ln in sbatch)}")
+                script = render_submit_script(site, label, Path(tmp)).replace(tmp, "<submit_scripts>")
+                print(f"  {label} submit script (one per block):")
+                print("\n".join(f"    {ln}".rstrip() for ln in script.strip("\n").splitlines()))
     return 0
 
 
