@@ -141,7 +141,7 @@ def render_submit_script(site: SiteConfig, label: str, script_dir: Path) -> str:
     provider.script_dir = str(script_dir)
     Path(script_dir).mkdir(parents=True, exist_ok=True)
     provider.execute_wait = lambda cmd, timeout=None: (0, "Submitted batch job 1", "")
-    provider.submit(f"process_worker_pool.py -a {cfg.address} ...  # HTEX's worker pool; ports are chosen at start",
-                    tasks_per_node=1, job_name=f"reactforge.{label}")
+    command = f"process_worker_pool.py -a {cfg.address} ...  # HTEX's worker pool; ports are chosen at start"
+    provider.submit(command, tasks_per_node=1, job_name=f"reactforge.{label}")
     scripts = sorted(p for p in Path(script_dir).glob(f"reactforge.{label}.*") if p.suffix not in (".stdout", ".stderr"))
     return scripts[-1].read_text()
