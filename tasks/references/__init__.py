@@ -51,7 +51,7 @@ def make_calculator(reference, atoms: Atoms, ctx: TaskContext, fallback: bool = 
     code = _code(reference)
     if code is None:
         raise TypeError(f"unknown reference spec {type(reference).__name__}")
-    for limit in (getattr(reference, "timeout_s", None), ctx.reference_timeout_s):
+    for limit in (getattr(reference, "timeout_s", None), getattr(ctx, "reference_timeout_s", None)):
         timeout_s = timeout_s if timeout_s is not None else limit
     return code.calculator(reference, atoms, ctx, fallback, timeout_s)
 
