@@ -4,12 +4,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SITE   ?= local-htex
 
-.PHONY: demo test test-all setup system-deps bench clean-venv
+.PHONY: demo test test-all setup system-deps slurm-local bench clean-venv
 
 demo: setup
 	$(VENV)/bin/reactforge run --site $(SITE) examples/quickstart.yaml
 
-test: setup
+test: setup slurm-local
 	$(PY) -m pytest -q
 
 test-all: setup
@@ -24,6 +24,11 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    quantum-espresso quantum-espresso-data openmpi-bin >/dev/null; \
 	fi
+
+# A single-node SLURM for tests/test_slurm.py and site-configs/slurm-local.yaml. Where it cannot be installed
+# or started (not root, no apt), the suite still runs: test_slurm.py skips with the reason printed here.
+slurm-local: system-deps
+	@bash scripts/slurm-local.sh || echo "no local SLURM: tests/test_slurm.py will be skipped (reason above)"
 
 # torch 2.13.0 first: it is the local CPU build; mace-torch would otherwise pull a CUDA build.
 # The `all` extra: MACE/MFN (`mace`) and the NMR tests' reference implementations (`test`), which the
