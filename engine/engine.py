@@ -12,9 +12,12 @@ On resume, scf and unphysical failures are answered from the journal too (so a r
 """
 from __future__ import annotations
 
+import getpass
 import hashlib
+import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -31,6 +34,8 @@ from reactforge.schemas.kinds import KINDS, TaskResult, TaskSpec
 from reactforge.schemas.site import SiteConfig
 
 from .journal import Journal, dumps
+from .lock import RunLock
+from .store import atomic_write_text
 
 _RESULT = TypeAdapter(TaskResult)
 _SPEC = TypeAdapter(TaskSpec)
@@ -38,6 +43,9 @@ _SPEC = TypeAdapter(TaskSpec)
 # Parsl reports lost workers/managers with these exception classes: retry them like node loss.
 _PARSL_TRANSIENT = {"WorkerLost", "ManagerLost", "BadStateException", "ScalingFailed", "ExecutorError",
                     "MissingOutputs", "BadRegistration", "ConnectionRefusedError", "TimeoutError"}
+
+# The SLURM jobs (Parsl blocks) coordinators on a run directory submitted: {executor, job_id, job_name, by}.
+SLURM_JOBS = "slurm_jobs.json"
 
 # Failure classes a resumed run takes from the journal instead of running again (their retries, the SCF
 # fallback included, were already spent); transient failures and unclassified errors are run again.
@@ -73,6 +81,42 @@ def task_key(spec, structures: list[Atoms], texts: list[str] | None = None) -> s
         h.update(text.encode())
     h.update(dumps(code_versions(spec.kind)).encode())
     return h.hexdigest()
+
+
+def _recorded_jobs(path: Path) -> list[dict]:
+    try:
+        jobs = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as err:  # a damaged record must not stop a resume; its jobs end at walltime
+        print(f"warning: {path} unreadable ({err}); the jobs it named are not cancelled", file=sys.stderr)
+        return []
+    if not isinstance(jobs, list):
+        return []
+    return [j for j in jobs if isinstance(j, dict) and {"job_id", "job_name"} <= j.keys()]
+
+
+def cancel_recorded_slurm_jobs(run_dir: Path) -> list[dict]:
+    """scancel the jobs of run_dir/slurm_jobs.json that are still queued or running under the name they were
+    submitted with (a job id alone could be another job's after the scheduler's state was reset). A SIGKILLed
+    coordinator's blocks otherwise hold their nodes until their walltime or the workers' heartbeat timeout.
+    Returns the records that could not be checked (SLURM unreachable), kept for the next coordinator."""
+    recorded = _recorded_jobs(Path(run_dir) / SLURM_JOBS)
+    if not recorded:
+        return []
+    try:
+        out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i %j"], capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+        queued = {tuple(line.split(None, 1)) for line in out.splitlines() if line.strip()}
+        ours = [j["job_id"] for j in recorded if (str(j["job_id"]), j["job_name"]) in queued]
+        if ours:
+            subprocess.run(["scancel", *ours], capture_output=True, text=True, timeout=60, check=True)
+            print(f"cancelled SLURM job(s) {', '.join(ours)} of the previous coordinator", file=sys.stderr)
+    except (OSError, subprocess.SubprocessError) as err:
+        print(f"warning: could not cancel the previous coordinator's SLURM jobs ({err}); they end at their "
+              "walltime", file=sys.stderr)
+        return recorded
+    return []
 
 
 class EngineStopped(Exception):
@@ -149,6 +193,9 @@ class Engine:
         self._counts = {label: _Counts() for label in site.executors}
         self.reference_calls = 0
         self.stopped: EngineStopped | None = None
+        # here, not when executors start: a resume answered wholly from the journal starts none
+        if (self.run_dir / SLURM_JOBS).exists() and self._holds_run_lock():  # earlier coordinators are dead
+            atomic_write_text(self.run_dir / SLURM_JOBS, json.dumps(cancel_recorded_slurm_jobs(self.run_dir)))
 
     # ------------------------------------------------------------------ lifecycle
     def _start(self):
@@ -163,9 +210,30 @@ class Engine:
 
             from .parsl_config import build_config
 
-            self._dfk = parsl.load(build_config(self.site, self.run_dir))
+            self._dfk = parsl.load(build_config(self.site, self.run_dir, on_submit=self._slurm_job_submitted))
             self._apps = {label: PythonApp(execute, data_flow_kernel=self._dfk, executors=[label])
                           for label in self.site.executors}
+
+    def _holds_run_lock(self) -> bool:
+        """Is this process the run directory's coordinator (engine/lock.py writes the holder into the lock file)?
+        An engine without the lock (`reactforge report` beside a live run) must not cancel that run's jobs."""
+        try:
+            holder = (self.run_dir / RunLock.NAME).read_text()
+        except OSError:
+            return False
+        return holder.startswith(f"pid {os.getpid()} on {socket.gethostname()} ")
+
+    def _slurm_job_submitted(self, label: str, job_id: str, job_name: str):
+        """Parsl submitted a block: add it to slurm_jobs.json, re-read each time, since a report's engine may
+        record there too. Never raises: the job runs whether or not it is recorded."""
+        entry = {"executor": label, "job_id": str(job_id), "job_name": job_name,
+                 "by": f"pid {os.getpid()} on {socket.gethostname()}"}
+        path = self.run_dir / SLURM_JOBS
+        try:
+            with self._lock:
+                atomic_write_text(path, json.dumps(_recorded_jobs(path) + [entry], indent=1))
+        except OSError as err:
+            print(f"warning: SLURM job {job_id} not recorded in {path} ({err})", file=sys.stderr)
 
     def close(self):
         if self._dfk is not None:

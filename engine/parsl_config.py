@@ -24,6 +24,7 @@ def _slurm_provider_class():
         """
 
         NTASKS_LINE = "#SBATCH --ntasks-per-node=${tasks_per_node}\n"
+        on_submit = None  # callable(job_id, job_name): the engine records every block it submits
 
         def __init__(self, *, gpus: int | None = None, asks_for_gpus: bool = False, **kwargs):
             super().__init__(**kwargs)
@@ -31,7 +32,14 @@ def _slurm_provider_class():
             if gpus:
                 self.scheduler_options += f"#SBATCH --gpus={gpus}\n"
 
+        def submit(self, command, tasks_per_node, job_name="parsl.slurm"):
+            job_id = super().submit(command, tasks_per_node, job_name)
+            if self.on_submit is not None:  # Parsl adds a timestamp to the name: the one the script was given
+                self.on_submit(job_id, self._submitted_name)
+            return job_id
+
         def _write_submit_script(self, template, script_filename, job_name, configs):
+            self._submitted_name = job_name
             if self.asks_for_gpus:
                 if self.NTASKS_LINE not in template:  # a new Parsl template: fail rather than submit a rejected job
                     raise RuntimeError("Parsl's SLURM template changed: cannot leave out --ntasks-per-node")
@@ -72,7 +80,7 @@ def _provider(cfg: ExecutorConfig):
     )
 
 
-def build_executor(label: str, cfg: ExecutorConfig, run_dir: Path):
+def build_executor(label: str, cfg: ExecutorConfig, run_dir: Path, on_submit=None):
     from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
 
     if cfg.type == "threads":
@@ -83,8 +91,12 @@ def build_executor(label: str, cfg: ExecutorConfig, run_dir: Path):
     # nodes go when the interchange does (their heartbeats stop answering)
     guard = [sys.executable, "-m", "reactforge.engine.guard"]
     launch_cmd = DEFAULT_LAUNCH_CMD
+    provider = _provider(cfg)
     if cfg.provider.type == "local":
         launch_cmd = " ".join(guard + ["--watch", str(os.getpid()), "--", DEFAULT_LAUNCH_CMD])
+    else:  # a SIGKILLed coordinator's blocks can hold their nodes until walltime (a pool that had not reached
+        # the interchange yet waits for it forever): the next coordinator scancels them from this record
+        provider.on_submit = None if on_submit is None else (lambda job_id, name: on_submit(label, job_id, name))
     return HighThroughputExecutor(
         label=label,
         interchange_launch_cmd=guard + ["--", *DEFAULT_INTERCHANGE_LAUNCH_CMD],
@@ -92,18 +104,19 @@ def build_executor(label: str, cfg: ExecutorConfig, run_dir: Path):
         address=cfg.address,
         max_workers_per_node=cfg.max_workers,
         cores_per_worker=cfg.cores_per_worker,
-        provider=_provider(cfg),
+        provider=provider,
         worker_logdir_root=str(run_dir / "parsl" / "workers"),
         heartbeat_period=15,
         heartbeat_threshold=120,
     )
 
 
-def build_config(site: SiteConfig, run_dir: Path):
+def build_config(site: SiteConfig, run_dir: Path, on_submit=None):
+    """`on_submit(label, job_id, job_name)` is called for every SLURM job a provider submits."""
     from parsl.config import Config
 
     return Config(
-        executors=[build_executor(label, cfg, run_dir) for label, cfg in site.executors.items()],
+        executors=[build_executor(label, cfg, run_dir, on_submit) for label, cfg in site.executors.items()],
         run_dir=str(run_dir / "parsl"),
         retries=0,  # retries are decided by the engine from the failure class
         strategy="simple",
