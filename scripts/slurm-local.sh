@@ -110,7 +110,9 @@ if [ "$changed" = 1 ] && running slurmctld; then
 fi
 if ! running slurmctld; then
     log "starting slurmctld"
-    /usr/sbin/slurmctld || unavailable "slurmctld did not start (see $LOGDIR/slurmctld.log)"
+    # -c: a cold start begins with an empty queue; jobs recorded by a daemon that was stopped with its
+    # machine have no processes left, and would hold the node until their walltime
+    /usr/sbin/slurmctld -c || unavailable "slurmctld did not start (see $LOGDIR/slurmctld.log)"
 fi
 for _ in $(seq 50); do scontrol ping 2>/dev/null | grep -q "is UP" && break; sleep 0.2; done
 scontrol ping 2>/dev/null | grep -q "is UP" || unavailable "slurmctld does not answer (see $LOGDIR/slurmctld.log)"
