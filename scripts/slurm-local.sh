@@ -16,7 +16,7 @@ log() { echo "slurm-local: $*"; }
 [ "$(id -u)" = 0 ] || unavailable "needs root (it installs packages and starts munged, slurmctld, slurmd)"
 
 NODE=$(hostname -s)
-CPUS=$(nproc)
+CPUS=$(getconf _NPROCESSORS_ONLN)  # not nproc: it reports OMP_NUM_THREADS when that is set (as in the tests)
 CONF=/etc/slurm/slurm.conf
 LOGDIR=/var/log/slurm
 SPOOL=/var/spool/slurm-local  # state of its own: another cluster's state files stop slurmctld
