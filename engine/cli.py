@@ -133,6 +133,9 @@ def run(args) -> int:
     print(f"run directory {run_dir}: {'resuming' if state == 'resume' else state}", flush=True)
     store = Store(run_dir)
     start = time.time()
+    # status: running until the workflow returns (completed) or stops (failed); a coordinator killed
+    # outright leaves `running`, and the same command resumes it
+    store.update_summary(protocol=protocol.name, workflow=workflow, site=site.name, status="running", reason=None)
     with lock, Engine(site, run_dir) as engine:
         with Progress(engine, f"{protocol.name} on {site.name}", live=False if args.no_live else None) as progress:
             try:
@@ -140,15 +143,18 @@ def run(args) -> int:
             except (EngineStopped, TaskFailed) as err:
                 # a block that cannot go on without this task, or an engine that cannot record: the journal
                 # keeps every finished task, so the same command resumes from here
-                store.update_summary(protocol=protocol.name, workflow=workflow, site=site.name, status="failed",
-                                     reason=str(err), wall_s=round(time.time() - start, 1))
+                store.update_summary(status="failed", reason=str(err), wall_s=round(time.time() - start, 1))
                 print(f"error: run stopped: {err}\nfinished tasks are kept in {run_dir / 'journal.db'}; "
                       "the same command resumes the run", file=sys.stderr)
                 return 1
+            except BaseException as err:  # a bug or Ctrl-C: the traceback still shows, the summary says so
+                store.update_summary(status="failed", reason=f"{type(err).__name__}: {err}",
+                                     wall_s=round(time.time() - start, 1))
+                raise
         summary = store.update_summary(
-            protocol=protocol.name, workflow=workflow, site=site.name, wall_s=round(time.time() - start, 1),
+            wall_s=round(time.time() - start, 1),
             reference_calls=engine.reference_calls, tasks=engine.journal.counts(), executors=engine.stats(),
-            failures=engine.journal.failures(), status="done", reason=None, **results,
+            failures=engine.journal.failures(), status="completed", reason=None, **results,
         )
     print(f"done in {summary['wall_s']} s; summary: {run_dir / 'summary.json'}")
     return 0

@@ -101,6 +101,7 @@ def test_run_resume_and_changed_protocol(tmp_path):
     assert p.returncode == 0, p.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["jobs"]["water"]["status"] == "done"
+    assert summary["status"] == "completed" and summary["reason"] is None
     assert summary["reference_calls"] == 2
     energy = summary["jobs"]["water"]["energy_eV"]
 
@@ -294,3 +295,24 @@ def test_a_block_that_cannot_go_on_ends_the_run_with_status_failed_and_exit_1(tm
     assert "error: run stopped: train task" in p.stderr and "Traceback" not in p.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and "train task" in summary["reason"]
+
+
+def test_summary_says_running_while_the_workflow_runs(tmp_path):
+    """summary.json carries status `running` from the start, so a run killed outright never reads as finished."""
+    proto = _protocol(tmp_path)
+    run_dir = tmp_path / "run"
+    spy = f"""
+import json, sys
+import reactforge.workflows.batch as batch
+from reactforge.engine.cli import main
+real = batch.run
+def run(protocol, engine, store, progress):
+    print("STATUS", json.loads((store.run_dir / "summary.json").read_text())["status"])
+    return real(protocol, engine, store, progress)
+batch.run = run
+sys.exit(main(["--site", "local", "--run-dir", {str(run_dir)!r}, "--no-live", {str(proto)!r}]))
+"""
+    p = subprocess.run([sys.executable, "-c", spy], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "STATUS running" in p.stdout
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"

@@ -173,7 +173,7 @@ def test_kill_and_resume_on_slurm(slurm, tmp_path, tiny_gap_model, emt_cu_traini
         "singlepoint": "reference", "md": "mlff", "train": "training"}
     assert {task: _executions(run_dir, task) for task in done} == executions, "finished tasks ran again"
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "done"
+    assert summary["status"] == "completed"
     assert {name: job["status"] for name, job in summary["jobs"].items()} == dict.fromkeys(
         ["water-xtb", "copper-emt", "h2-espresso", "copper-md", "gap-fit"], "done")
     assert summary["jobs"]["h2-espresso"]["energy_eV"] == pytest.approx(-31.61, abs=0.05)  # -2.3233 Ry
