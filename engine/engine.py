@@ -143,7 +143,9 @@ def execute(spec_json: str, structures_text: list[str], ctx: dict) -> str:
     with open(workdir / "executions.log", "a") as log:  # one line per execution: what ran, where, when
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {socket.gethostname()} pid {os.getpid()}\n")
     context = TaskContext(workdir=Path(ctx["workdir"]), launch=ctx["launch"], device=ctx["device"],
-                          threads=ctx["threads"], env=ctx["env"], reference_timeout_s=ctx.get("reference_timeout_s"))
+                          threads=ctx["threads"], env=ctx["env"], reference_timeout_s=ctx.get("reference_timeout_s"),
+                          checkpoint_dir=ctx.get("checkpoint_dir"),
+                          checkpoint_interval_s=ctx.get("checkpoint_interval_s", 120.0))
     return run_task(spec, structures, context).model_dump_json()
 
 
@@ -296,7 +298,7 @@ class Engine:
     def _context(self, job: _Pending) -> dict:
         ex = self.site.executors[job.label]
         reference = job.resource == "reference"
-        workdir = self.run_dir / "tasks" / job.spec.kind / job.key[:16]
+        workdir = task_dir = self.run_dir / "tasks" / job.spec.kind / job.key[:16]
         if job.attempts > 1:  # an expired attempt may still be running in the first folder
             workdir = workdir / f"attempt{job.attempts}"
         return {
@@ -306,6 +308,8 @@ class Engine:
             "threads": ex.threads_per_task,
             "env": dict(self.site.reference_env) if reference else {},
             "reference_timeout_s": self.site.reference_timeout_s if reference else None,
+            "checkpoint_dir": str(task_dir / "checkpoint"),
+            "checkpoint_interval_s": self.site.checkpoint_interval_s,
         }
 
     def _launch(self, job: _Pending):

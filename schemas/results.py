@@ -30,6 +30,7 @@ class MDResult(Strict):
     sigma_trace_eV: list[list[float]] = Field(..., description="per checked step, per-atom σ")
     trace_steps: list[int]
     final: AtomsField
+    resumed_from_step: int = Field(0, description="the checkpointed step a resumed attempt continued from")
 
 
 class OptimiseResult(Strict):
@@ -72,6 +73,7 @@ class MinimaHoppingResult(Strict):
     energies_eV: list[float]
     sigma_per_minimum_eV: list[float] = Field(default_factory=list, description="largest per-atom σ of each minimum")
     hops: int = Field(0, description="MD + optimisation hops performed")
+    resumed: bool = Field(False, description="continued a search an earlier attempt had started")
 
 
 class UmbrellaWindowResult(Strict):
@@ -83,6 +85,7 @@ class UmbrellaWindowResult(Strict):
     final: AtomsField
     sample_interval_fs: float = Field(1.0, gt=0, description="time between CV samples")
     max_sigma_eV: float | None = Field(None, description="largest per-atom σ at the sampled production steps")
+    resumed_from_step: int = Field(0, description="the checkpointed step a resumed attempt continued from")
 
 
 class NMRShieldingResult(Strict):

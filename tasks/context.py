@@ -13,6 +13,10 @@ class TaskContext:
     threads: int = 1
     env: dict[str, str] = field(default_factory=dict)  # extra environment for reference codes
     reference_timeout_s: float | None = None  # the site's wall-clock limit of one reference-code run
+    # long MLFF tasks save their state here every checkpoint_interval_s (tasks/checkpoint.py); the
+    # folder is the task's own, shared by its attempts, so a retry or a resumed run continues from it
+    checkpoint_dir: Path | None = None
+    checkpoint_interval_s: float = 120.0
 
     def __post_init__(self):
         Path(self.workdir).mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,9 @@ from ase.md.verlet import VelocityVerlet
 from reactforge.schemas.results import MDResult
 from reactforge.schemas.tasks import MDSpec
 
+from reactforge.schemas.base import atoms_from_text, atoms_to_text
+
+from .checkpoint import Checkpoint, restore_rng, rng_state
 from .context import TaskContext
 from .errors import UnphysicalResult
 from .mlff import current_sigma, load_mlff
@@ -52,16 +55,28 @@ def run(spec: MDSpec, structures: list[Atoms], ctx: TaskContext) -> MDResult:
     atoms.calc = load_mlff(spec.model, ctx.device)
 
     rng = np.random.default_rng(spec.seed)
-    thermalize_momenta(atoms, temperature_K=spec.temperature_K, rng=rng)
+    checkpoint = Checkpoint(ctx, "md")
+    state = checkpoint.load(atoms)
+    if state is None:
+        thermalize_momenta(atoms, temperature_K=spec.temperature_K, rng=rng)
+        state = {"step": 0, "trace": [], "trace_steps": [], "best_sigma": None, "best_step": 0}
+        best = None
+    else:
+        restore_rng(rng, state["rng"])
+        best = atoms_from_text(state["best"]) if state["best_sigma"] is not None else None
+    start = state["step"]
     dyn = make_dynamics(atoms, spec, rng)
+    dyn.nsteps = start
+    atoms.get_forces()  # ASE evaluates the first step only when it starts from step 0
 
-    trace: list[list[float]] = []
-    trace_steps: list[int] = []
-    best_sigma, best, best_step = -np.inf, None, 0
+    trace: list[list[float]] = state["trace"]
+    trace_steps: list[int] = state["trace_steps"]
+    best_sigma = -np.inf if state["best_sigma"] is None else state["best_sigma"]
+    best_step = state["best_step"]
     previous = None  # (configuration, step) of the last step with finite energy and forces
     breached = False
 
-    for _ in dyn.irun(steps=spec.steps):
+    for _ in dyn.irun(steps=spec.steps - start):
         step = dyn.nsteps
         if not _finite(atoms):
             if previous is None:
@@ -73,17 +88,24 @@ def run(spec: MDSpec, structures: list[Atoms], ctx: TaskContext) -> MDResult:
             break
         snapshot = plain_atoms(atoms)
         previous = (snapshot, step)
-        if step % spec.check_every:
-            continue
-        sigma = current_sigma(atoms)
-        peak = float(sigma.max()) if np.isfinite(sigma).all() else np.inf
-        trace.append(sigma.tolist())
-        trace_steps.append(step)
-        if peak > best_sigma:
-            best_sigma, best, best_step = peak, snapshot, step
-        if peak > spec.sigma_thr_eV:
-            breached, sampled, step_sampled = True, snapshot, step
-            break
+        if step == start and start > 0:
+            continue  # the checkpointed step, already checked before it was saved
+        if step % spec.check_every == 0:
+            sigma = current_sigma(atoms)
+            peak = float(sigma.max()) if np.isfinite(sigma).all() else np.inf
+            trace.append(sigma.tolist())
+            trace_steps.append(step)
+            if peak > best_sigma:
+                best_sigma, best, best_step = peak, snapshot, step
+            if peak > spec.sigma_thr_eV:
+                breached, sampled, step_sampled = True, snapshot, step
+                break
+        if checkpoint.due() and step < spec.steps:
+            checkpoint.save(atoms, {
+                "step": step, "rng": rng_state(rng), "trace": trace, "trace_steps": trace_steps,
+                "best_sigma": None if best is None else best_sigma, "best_step": best_step,
+                "best": None if best is None else atoms_to_text(best),
+            })
     else:
         sampled, step_sampled = best, best_step
 
@@ -96,4 +118,5 @@ def run(spec: MDSpec, structures: list[Atoms], ctx: TaskContext) -> MDResult:
         sigma_trace_eV=trace,
         trace_steps=trace_steps,
         final=previous[0],
+        resumed_from_step=start,
     )

@@ -7,11 +7,14 @@ search runs in a child Python process whose working directory is this task's scr
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -84,28 +87,62 @@ def _hop(folder: Path) -> None:
     tmp.rename(folder / "sigma.json")
 
 
-def run(spec: MinimaHoppingSpec, structures: list[Atoms], ctx: TaskContext) -> MinimaHoppingResult:
-    atoms = single_structure(structures, "minimahopping").copy()
-    apply_fixed_atoms(atoms, spec.fixed_atoms)
-
-    # A fresh folder per attempt: ASE resumes from an existing hop.log, which a retry must not do.
-    folder = Path(tempfile.mkdtemp(prefix="minimahopping-", dir=ctx.workdir))
-    write(folder / "input.traj", atoms)
-    (folder / "spec.json").write_text(spec.model_dump_json())
+def _search(folder: Path, atoms: Atoms, spec: MinimaHoppingSpec, ctx: TaskContext, fresh: bool):
+    if fresh:  # nothing of an earlier, unresumable search may leak into this one
+        shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sigma.json").unlink(missing_ok=True)
+    if fresh:
+        write(folder / "input.traj", atoms)
+        (folder / "spec.json").write_text(spec.model_dump_json())
     (folder / "device.json").write_text(json.dumps({"device": ctx.device}))
-
     env = dict(os.environ)
     env.update(ctx.env)
     env.setdefault("OMP_NUM_THREADS", str(ctx.threads))
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "reactforge.tasks.minimahopping", str(folder)],
         cwd=folder,
         env=env,
         capture_output=True,
         text=True,
     )
-    if proc.returncode != 0:
-        raise RuntimeError(f"minimahopping search failed in {folder}:\n{proc.stderr[-3000:]}")
+
+
+def run(spec: MinimaHoppingSpec, structures: list[Atoms], ctx: TaskContext) -> MinimaHoppingResult:
+    atoms = single_structure(structures, "minimahopping").copy()
+    apply_fixed_atoms(atoms, spec.fixed_atoms)
+
+    # The search runs in the task's checkpoint folder, shared by its attempts: ASE's MinimaHopping
+    # resumes from the hop.log, minima and trajectories it finds there, so an attempt killed by its
+    # walltime continues the search (with fresh random numbers) instead of starting again. A resume
+    # that fails (e.g. a trajectory cut mid-write) is set aside and the search starts afresh.
+    # An expired attempt that is still running holds the folder's lock: this one then searches alone.
+    with ExitStack() as stack:
+        folder = _claim(Path(ctx.checkpoint_dir) / "minimahopping", stack) if ctx.checkpoint_dir else None
+        if folder is None:
+            folder = Path(tempfile.mkdtemp(prefix="minimahopping-", dir=ctx.workdir))
+        resumed = (folder / "hop.log").exists() and (folder / "input.traj").exists()
+        proc = _search(folder, atoms, spec, ctx, fresh=not resumed)
+        if proc.returncode != 0 and resumed:
+            resumed = False
+            proc = _search(folder, atoms, spec, ctx, fresh=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"minimahopping search failed in {folder}:\n{proc.stderr[-3000:]}")
+        result = _collect(folder, resumed)
+    return result
+
+
+def _claim(folder: Path, stack: ExitStack) -> Path | None:
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = stack.enter_context(open(folder.parent / ".minimahopping.lock", "w"))
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return None
+    return folder
+
+
+def _collect(folder: Path, resumed: bool) -> MinimaHoppingResult:
 
     extra = json.loads((folder / "sigma.json").read_text())
     minima, energies = [], []
@@ -118,6 +155,7 @@ def run(spec: MinimaHoppingSpec, structures: list[Atoms], ctx: TaskContext) -> M
         energies_eV=energies,
         sigma_per_minimum_eV=extra["sigma_per_minimum_eV"],
         hops=extra["hops"],
+        resumed=resumed,
     )
 
 

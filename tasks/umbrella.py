@@ -14,6 +14,7 @@ from ase.md.velocitydistribution import thermalize_momenta
 from reactforge.schemas.results import UmbrellaWindowResult
 from reactforge.schemas.tasks import UmbrellaWindowSpec
 
+from .checkpoint import Checkpoint, restore_rng, rng_state
 from .context import TaskContext
 from .errors import UnphysicalResult
 from .mlff import current_sigma, load_mlff
@@ -83,7 +84,14 @@ def run(spec: UmbrellaWindowSpec, structures: list[Atoms], ctx: TaskContext) -> 
     atoms.calc = load_mlff(spec.model, ctx.device)
 
     rng = np.random.default_rng(spec.seed)
-    thermalize_momenta(atoms, temperature_K=spec.temperature_K, rng=rng)
+    checkpoint = Checkpoint(ctx, "umbrellawindow")
+    state = checkpoint.load(atoms)
+    if state is None:
+        thermalize_momenta(atoms, temperature_K=spec.temperature_K, rng=rng)
+        state = {"step": 0, "cv": [], "max_sigma": 0.0}
+    else:
+        restore_rng(rng, state["rng"])
+    start = state["step"]
     dyn = Langevin(
         atoms,
         timestep=spec.timestep_fs * units.fs,
@@ -93,18 +101,25 @@ def run(spec: UmbrellaWindowSpec, structures: list[Atoms], ctx: TaskContext) -> 
         rng=rng,
         logfile=None,
     )
+    dyn.nsteps = start
+    atoms.get_forces()  # ASE evaluates the first step only when it starts from step 0
 
-    cv: list[float] = []
-    max_sigma = 0.0
+    cv: list[float] = state["cv"]
+    max_sigma = state["max_sigma"]
     n_eq = spec.equilibration_steps
-    for _ in dyn.irun(steps=n_eq + spec.production_steps):
+    n_total = n_eq + spec.production_steps
+    for _ in dyn.irun(steps=n_total - start):
         energy = atoms.calc.results.get("energy", np.nan)
         if not (np.isfinite(energy) and np.isfinite(atoms.positions).all()):
             raise UnphysicalResult(f"umbrellawindow: non-finite MLFF energy at step {dyn.nsteps}")
+        if dyn.nsteps == start and start > 0:
+            continue  # the checkpointed step, already sampled before it was saved
         step = dyn.nsteps - n_eq  # production step
         if step > 0 and step % spec.sample_every == 0:
             cv.append(restraint.distance_vector(atoms)[1])
             max_sigma = max(max_sigma, float(current_sigma(atoms).max()))
+        if checkpoint.due() and dyn.nsteps < n_total:
+            checkpoint.save(atoms, {"step": dyn.nsteps, "rng": rng_state(rng), "cv": cv, "max_sigma": max_sigma})
 
     final = plain_atoms(atoms)  # keeps FixAtoms, drops the restraint
     return UmbrellaWindowResult(
@@ -115,4 +130,5 @@ def run(spec: UmbrellaWindowSpec, structures: list[Atoms], ctx: TaskContext) -> 
         final=final,
         max_sigma_eV=max_sigma,
         sample_interval_fs=spec.sample_every * spec.timestep_fs,
+        resumed_from_step=start,
     )
