@@ -49,9 +49,16 @@ class SurfaceSpec(Strict):
     """The slab cut from the bulk with ase.build.surface; or a slab file the user supplies."""
 
     file: str | None = Field(None, description="slab file; if set, miller/layers/size are not used")
-    miller: tuple[int, int, int] = Field((1, 1, 0), description="Miller index of the surface")
+    miller: tuple[int, int, int] = Field(
+        (1, 1, 0), description="Miller index (h, k, l) of the surface in the lattice vectors of the bulk cell as "
+        "built, before `bulk.repeat`: bulk.file's cell, or ase.build.bulk's (the conventional cell with "
+        "cubic: true, else the primitive one; a hexagonal cell's (10-10) is (1, 0, 0))"
+    )
     layers: int = Field(
-        2, ge=1, description="bulk-cell repeats along the surface normal (ase.build.surface `layers`)"
+        2, ge=1, description="copies of the bulk cell stacked along the surface normal (ase.build.surface "
+        "`layers`): the slab holds layers x (atoms of the bulk cell) before `size`; the atomic planes this "
+        "makes depend on cell and facet (cubic fcc: 2 per copy for (100) and (110), 1 for (111)); "
+        "`reactforge check` prints both"
     )
     vacuum_A: float = Field(8.0, gt=0, description="vacuum on each side of the slab (thesis: 8 Å)")
     size: tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] = Field(
@@ -87,7 +94,8 @@ class VacancySite(Strict):
     """Active site made by removing one surface atom (thesis: the oxygen vacancy on In2O3(110))."""
 
     kind: Literal["vacancy"] = "vacancy"
-    element: str = Field("O", description="element of the atom removed")
+    element: str = Field(..., description="element of the atom removed (no default: e.g. O for an oxide's "
+                         "O vacancy)")
     rule: Literal["topmost", "central_top"] = Field(
         "topmost",
         description="which atom: the highest one of that element, or the top-layer one nearest the cell centre",
@@ -96,10 +104,12 @@ class VacancySite(Strict):
 
 
 class AtomSite(Strict):
-    """Active site at an existing slab atom (a defect, dopant or adatom): its index in the slab."""
+    """Active site at an existing slab atom (a metal surface atom, a dopant, an adatom), nothing removed."""
 
     kind: Literal["site_index"] = "site_index"
-    index: int = Field(..., ge=0)
+    index: int = Field(..., ge=0, description="index of the atom in the slab as built (ase.build.surface's "
+                       "order, then the in-plane `size` supercell; or surface.file's order); adsorbate "
+                       "positions are relative to it; `reactforge check` prints its element and position")
 
 
 ActiveSite = Annotated[Union[VacancySite, AtomSite], Field(discriminator="kind")]
@@ -367,7 +377,9 @@ class Protocol(ProtocolFile):
     workflow: Literal["catalysis"] = "catalysis"
     bulk: BulkSpec
     surface: SurfaceSpec
-    active_site: ActiveSite = VacancySite()
+    active_site: ActiveSite = Field(..., description="where the adsorbates sit; no default, the chemistry is "
+                                    "the user's: {kind: vacancy, element: O} removes a surface atom, "
+                                    "{kind: site_index, index: N} keeps the slab whole (metal surfaces)")
     intermediates: dict[str, IntermediateSpec] = Field(..., min_length=1)
     reactions: list[ReactionSpec] = Field(default_factory=list)
     reference: Reference = XTBReference()
@@ -378,6 +390,16 @@ class Protocol(ProtocolFile):
     validation: ValidationSpec = ValidationSpec()
     seed: int = Field(0, ge=0, description="random seed of the rattled cells, placements and every MD "
                       "thermostat: runs with different seeds are independent repeats")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _site_is_given(cls, data):
+        # a slab with no site named used to get an O vacancy silently (a metal slab then failed on it)
+        if isinstance(data, dict) and "active_site" not in data:
+            raise ValueError("field 'active_site' is required: {kind: vacancy, element: O} removes a surface "
+                             "atom (an oxide's vacancy), {kind: site_index, index: N} keeps slab atom N as the "
+                             "site (a metal surface); `reactforge check` lists the slab's top-layer atoms with their indices")
+        return data
 
     @field_validator("blocks")
     @classmethod

@@ -37,7 +37,9 @@ class XTBReference(Strict):
 
 
 class EMTReference(Strict):
-    """ASE's effective-medium theory: fast tests only, never a production reference."""
+    """ASE's effective-medium theory (Jacobsen, Stoltze & Nørskov 1996): fitted for the fcc metals Al, Ni,
+    Cu, Pd, Ag, Pt, Au (H, C, N, O only roughly). A legitimate reference for developing a protocol on a
+    metal surface (adatom hops, surface MD) in seconds; its barriers are EMT's, not a DFT's."""
 
     code: Literal["emt"] = "emt"
 

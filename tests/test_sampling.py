@@ -73,6 +73,7 @@ def mgo_vacancy():
         "bulk": {"name": "MgO", "crystalstructure": "rocksalt", "a_A": 4.21},
         "surface": {"miller": [1, 0, 0], "layers": 1, "size": [[1, 1], [-1, 1]], "vacuum_A": 7.0,
                     "fixed_bottom_layers": 1},
+        "active_site": {"kind": "vacancy", "element": "O"},
         "intermediates": {"CO2": {"fragments": [{"molecule": "CO2", "position_A": [0, 0, 2.0]}]}},
         "blocks": [0],
     })

@@ -56,6 +56,7 @@ def plan(protocol) -> list[str]:
              f"{len(system.slab)} atoms, active-site slab {len(system.site_slab)} atoms, elements "
              f"{', '.join(system.elements)}; reference {protocol.reference.code}, model {protocol.model.model}, "
              f"σ_thr {protocol.sigma_thr_eV * 1000:.0f} meV"]
+    lines += build.describe_site(protocol, system)
     for number in protocol.blocks:
         block = BLOCKS[number]
         lines.append(f"block {number} ({block.name}): {block.plan(protocol, system, block.params(protocol))}")
@@ -269,15 +270,7 @@ class Catalysis:
             block = BLOCKS[number]
             self._finish(block.run(self, block.name, block.params(self.protocol)))
         validation = self.validate() if self.protocol.validation.enabled and self.paths else {}
-        barriers = []
-        for r in self.protocol.reactions:
-            b = self.barriers.get(r.name)
-            if b is None:
-                continue
-            ref = validation.get(r.name, {}).get("reference_barrier_eV", b["reference_barrier_eV"])
-            barriers.append({"reaction": r.name, "permutations_screened": b["permutations_screened"],
-                             "mlff_barrier_eV": b["mlff_barrier_eV"], "reference_barrier_eV": ref,
-                             "abs_error_eV": abs(b["mlff_barrier_eV"] - ref) if ref is not None else None})
+        barriers = barrier_table([r.name for r in self.protocol.reactions], self.barriers, validation)
         summary = {"blocks": self.reports, "barriers": barriers, "validation": validation,
                    "training_set_size": self.store.count(), "model": self.campaign.model.model_dump(mode="json")}
         self._write_paths(validation)
@@ -312,6 +305,30 @@ class Catalysis:
         report.write_report(self.store, summary=summary, training_set=training_set, neb_history=self.neb_history,
                             paths=self.paths,
                             parity_data=report.evaluate_training_set(self.engine, self.campaign.model, training_set))
+
+
+def barrier_table(reactions: list[str], barriers: dict[str, dict], validation: dict[str, dict]) -> list[dict]:
+    """summary.json's `barriers`: per reaction the MLFF barrier, the reference one and the error.
+
+    The reference barrier is the validation's when there is one. A validation NEB that stopped at its
+    step budget is not a reference barrier: its value is kept, flagged `validation_converged: false`,
+    and the difference to it goes to `abs_error_vs_unconverged_eV`, never to `abs_error_eV`."""
+    rows = []
+    for name in reactions:
+        b = barriers.get(name)
+        if b is None:
+            continue
+        v = validation.get(name, {})
+        ref = v.get("reference_barrier_eV", b["reference_barrier_eV"])
+        converged = v.get("converged") if "steps" in v else None  # None: no validation NEB result
+        diff = abs(b["mlff_barrier_eV"] - ref) if ref is not None else None
+        rows.append({"reaction": name, "permutations_screened": b["permutations_screened"],
+                     "mlff_barrier_eV": b["mlff_barrier_eV"], "reference_barrier_eV": ref,
+                     "abs_error_eV": diff if converged is not False else None,
+                     "abs_error_vs_unconverged_eV": diff if converged is False else None,
+                     "validation_converged": converged, "validation_steps": v.get("steps"),
+                     "validation_step0_fmax_eV_per_A": v.get("reference_fmax_step0_eV_per_A")})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- blocks

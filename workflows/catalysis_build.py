@@ -250,6 +250,23 @@ class CatalysisSystem:
         return sorted({s for a in self.intermediates.values() for s in a.get_chemical_symbols()[n:]})
 
 
+def describe_site(protocol: Protocol, system: CatalysisSystem) -> list[str]:
+    """--check lines: the slab's atomic layers, the active site, and the top layer's atoms by index (what
+    an `active_site: {kind: site_index}` refers to)."""
+    slab, tol = system.slab, protocol.surface.layer_tolerance_A
+    layers = atomic_layers(slab, tol)
+    site = protocol.active_site
+    x, y, z = system.site_position
+    if isinstance(site, AtomSite):
+        what = f"slab atom {site.index} ({slab[site.index].symbol}), nothing removed"
+    else:
+        removed = system.site_slab.info.get("vacancy_element", site.element)
+        what = f"vacancy: one {removed} atom removed"
+    top = ", ".join(f"{i} {slab[i].symbol}" for i in sorted(layers[-1]))
+    return [f"slab: {len(layers)} atomic layers (z-clustered, {tol} Å), bottom {len(fixed_indices(slab))} atoms fixed",
+            f"active site: {what}, at ({x:.2f}, {y:.2f}, {z:.2f}) Å; top-layer atoms (index element): {top}"]
+
+
 def build_system(protocol: Protocol) -> CatalysisSystem:
     """Bulk, slab, active site and every intermediate of a protocol; checks reactions' compositions."""
     base = protocol.resolve

@@ -401,7 +401,8 @@ def write_report(
         cols = ["block", "name", "iterations", "labels_added", "reference_calls", "termination_met", "criterion_value"]
         parts.append("<h2>Active-learning blocks</h2>" + _table(blocks, cols))
     if barriers:
-        cols = ["reaction", "permutations_screened", "mlff_barrier_eV", "reference_barrier_eV", "abs_error_eV"]
+        cols = ["reaction", "permutations_screened", "mlff_barrier_eV", "reference_barrier_eV", "abs_error_eV",
+                "abs_error_vs_unconverged_eV", "validation_converged", "validation_steps", "validation_step0_fmax_eV_per_A"]
         parts.append("<h2>Barriers</h2>" + _table(barriers, cols))
     for name, caption in figures:
         parts.append(f"<figure><a href='{name}'><img src='{name}' alt='{html.escape(caption)}'></a>"

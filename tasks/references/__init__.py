@@ -1,7 +1,7 @@
 """Reference (labelling) calculators, one module per code, chosen from a table by the spec's type:
 
 xtb       GFN2-xTB through tblite, in process (the embedded default)
-emt       ASE's EMT (fast tests only)
+emt       ASE's EMT (fcc metals: protocols on metal surfaces in seconds, and tests)
 espresso  Quantum ESPRESSO pw.x through ASE's Espresso, launched with the site's prefix
 castep    CASTEP through ASE's Castep (the binary exists only on sites)
 launch    running an external code and classifying how it failed (shared by espresso, castep, nmrshielding)

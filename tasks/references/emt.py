@@ -1,4 +1,4 @@
-"""ASE's effective-medium theory: fast tests only, never a production reference."""
+"""ASE's effective-medium theory: fcc metal surfaces in seconds (protocol development, tests)."""
 from __future__ import annotations
 
 from pathlib import Path
