@@ -12,6 +12,7 @@ On resume, scf and unphysical failures are answered from the journal too (so a r
 """
 from __future__ import annotations
 
+import functools
 import getpass
 import hashlib
 import json
@@ -58,6 +59,11 @@ def _version(dist: str) -> str:
         return "absent"
 
 
+@functools.cache  # installed versions do not change under a running coordinator; reading them costs ~1 ms each
+def _code_versions_json(kind: str) -> str:
+    return dumps(code_versions(kind))
+
+
 def code_versions(kind: str) -> dict[str, str]:
     names = ("reactforge", "numpy") + KINDS[kind].codes
     return {n: _version(n) for n in names}
@@ -79,7 +85,7 @@ def task_key(spec, structures: list[Atoms], texts: list[str] | None = None) -> s
     h.update(dumps(spec_json).encode())
     for text in texts if texts is not None else structure_texts(structures):
         h.update(text.encode())
-    h.update(dumps(code_versions(spec.kind)).encode())
+    h.update(_code_versions_json(spec.kind).encode())
     return h.hexdigest()
 
 
@@ -266,23 +272,22 @@ class Engine:
         label = self.site.executor_for(resource)
         outer: Future = Future()
         outer.key = key  # the task's identity, for provenance (labels record it)
-        cached = self.journal.result(key)
-        if cached is not None:
+        status, cached, failure_class, error = self.journal.lookup(key) or (None,) * 4
+        if status == "done":
             with self._lock:
                 self._counts[label].cached += 1
             outer.set_result(_RESULT.validate_json(cached))
             return outer
-        failed = self.journal.failure(key)
-        if failed is not None and failed[0] in _FINAL:  # the same input would fail the same way again
+        if status == "failed" and failure_class in _FINAL:  # the same input would fail the same way again
             with self._lock:
                 self._counts[label].cached += 1
-            outer.set_exception(TaskFailed(key, spec.kind, *failed))
+            outer.set_exception(TaskFailed(key, spec.kind, failure_class, error))
             return outer
         with self._lock:
             if key in self._pending:  # the same task twice in flight: share one execution
                 return self._pending[key].outer
             job = _Pending(key, spec, texts, label, resource, outer)
-            if self.journal.interrupted_failure(key) == "scf" and hasattr(spec, "use_fallback"):
+            if status == "submitted" and failure_class == "scf" and hasattr(spec, "use_fallback"):
                 # the killed coordinator had already seen this SCF fail: resume with the fallback settings
                 job.fallback_used = True
                 job.spec = spec.model_copy(update={"use_fallback": True})

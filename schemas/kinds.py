@@ -64,6 +64,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind(T.TrainSpec, R.TrainResult, "train", MLFF_CODES, by_model_kind),
     Kind(T.EvaluateSpec, R.EvaluateResult, "evaluate", MLFF_CODES, "mlff"),
     Kind(T.VibrationsSpec, R.VibrationsResult, "vibrations", MLFF_CODES, "mlff"),
+    Kind(T.ProbeSpec, R.ProbeResult, "probe", (), lambda spec: spec.resource),
 )}
 
 TaskSpec = Annotated[Union[tuple(k.spec for k in KINDS.values())], Field(discriminator="kind")]

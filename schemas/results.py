@@ -114,6 +114,13 @@ class EvaluateResult(Strict):
     sigma_per_atom_eV: list[list[float]] = Field(..., description="per structure, per atom")
 
 
+class ProbeResult(Strict):
+    kind: Literal["probe"] = "probe"
+    host: str
+    pid: int
+    python: str
+
+
 class VibrationsResult(Strict):
     kind: Literal["vibrations"] = "vibrations"
     energy_eV: float = Field(..., description="MLFF energy of the undisplaced structure")

@@ -457,6 +457,15 @@ class EvaluateSpec(TaskBase):
     model: ModelRef
 
 
+class ProbeSpec(TaskBase):
+    """Computes nothing: answers where it ran. What one task costs the engine (benchmarks/engine.py), and
+    whether a site's executor for `resource` starts and runs work."""
+
+    kind: Literal["probe"] = "probe"
+    resource: Literal["reference", "mlff", "training", "training_cpu"] = "mlff"
+    tag: int = Field(0, description="distinguishes otherwise identical probes (each is its own task)")
+
+
 class VibrationsSpec(TaskBase):
     """Harmonic normal modes of one structure with the MLFF: ase.vibrations.Vibrations (finite
     differences) displacing `indices` (all atoms when None) by ±delta_A; used for the Vineyard
