@@ -394,15 +394,40 @@ class Engine:
 
     # ------------------------------------------------------------------ progress
     def stats(self) -> dict[str, dict[str, int]]:
-        """Per executor: queued (waiting), running, done, failed, cached (answered from the journal)."""
+        """Per executor: queued (waiting, also for a block still pending in the scheduler), running (on a
+        worker now), done, failed, cached (answered from the journal), and its blocks by state."""
         with self._lock:
-            running = {label: 0 for label in self._counts}
+            launched = {label: 0 for label in self._counts}
             for job in self._pending.values():
                 rec = getattr(job.app_future, "task_record", None)
                 if rec is not None and str(rec.get("status", "")).endswith(("launched", "running")):
-                    running[job.label] += 1
-            return {
-                label: {"queued": c.queued - running[label], "running": running[label], "done": c.done,
-                        "failed": c.failed, "cached": c.cached}
-                for label, c in self._counts.items()
-            }
+                    launched[job.label] += 1
+            counts = {label: (c.queued, c.done, c.failed, c.cached) for label, c in self._counts.items()}
+        out = {}
+        for label, (queued, done, failed, cached) in counts.items():
+            running, blocks = self._on_workers(label, launched[label])
+            out[label] = {"queued": queued - running, "running": running, "done": done, "failed": failed,
+                          "cached": cached, "blocks_pending": blocks.get("PENDING", 0),
+                          "blocks_running": blocks.get("RUNNING", 0)}
+        return out
+
+    def _on_workers(self, label: str, launched: int) -> tuple[int, dict[str, int]]:
+        """How many of the tasks handed to an executor a worker is running, and its blocks by state.
+
+        Parsl marks a task `launched` once the executor has it, even while its block waits in the SLURM
+        queue; an HTEX interchange knows which tasks its connected managers hold (no prefetch: held = running)."""
+        executor = self._dfk.executors.get(label) if self._dfk is not None else None
+        if executor is None:
+            return 0, {}
+        blocks: dict[str, int] = {}
+        for status in getattr(executor, "status_facade", {}).values():  # the poller's last view, no scheduler call
+            blocks[status.state.name] = blocks.get(status.state.name, 0) + 1
+        client = getattr(executor, "command_client", None)
+        if client is None:  # a thread pool: its threads take tasks as they come
+            return min(launched, getattr(executor, "max_threads", launched) or launched), blocks
+        try:
+            managers = client.run("MANAGERS", timeout_s=2)
+        except Exception:  # noqa: BLE001 - an interchange that does not answer: nothing is known to run
+            return 0, blocks
+        held = sum(min(int(m["tasks"]), int(m["worker_count"])) for m in managers if m.get("active", True))
+        return min(held, launched), blocks

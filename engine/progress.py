@@ -1,4 +1,5 @@
-"""A live view a person can watch: stage, tasks per executor, reference calls.
+"""A live view a person can watch: stage, tasks per executor (running = on a worker now; tasks of a block
+still pending in the scheduler's queue count as queued), blocks up and pending, reference calls.
 
 On a terminal this is a rich Live table refreshed twice a second; elsewhere (CI, log files) a plain
 line is printed whenever the stage changes and at most every 30 s otherwise.
@@ -8,6 +9,12 @@ from __future__ import annotations
 import sys
 import threading
 import time
+
+
+def _blocks(c: dict) -> str:
+    """A block waiting in the scheduler's queue is why its executor's tasks are queued, not running."""
+    parts = [f"{c[k]} {word}" for k, word in (("blocks_running", "up"), ("blocks_pending", "pending")) if c.get(k)]
+    return ", ".join(parts) or "-"
 
 
 class Progress:
@@ -38,10 +45,10 @@ class Progress:
         from rich.table import Table
 
         table = Table(title=f"{self.title} — {self.stage}", expand=False)
-        for col in ("executor", "queued", "running", "done", "failed", "from journal"):
-            table.add_column(col, justify="right" if col != "executor" else "left")
+        for col in ("executor", "blocks", "queued", "running", "done", "failed", "from journal"):
+            table.add_column(col, justify="right" if col not in ("executor", "blocks") else "left")
         for label, c in self.engine.stats().items():
-            table.add_row(label, str(c["queued"]), str(c["running"]), str(c["done"]), str(c["failed"]),
+            table.add_row(label, _blocks(c), str(c["queued"]), str(c["running"]), str(c["done"]), str(c["failed"]),
                           str(c["cached"]))
         table.caption = f"reference calls so far: {self.engine.reference_calls}"
         return table
@@ -51,8 +58,8 @@ class Progress:
         if not force and now - self._last_plain < 30:
             return
         self._last_plain = now
-        parts = [f"{label} q{c['queued']} r{c['running']} d{c['done']} f{c['failed']} j{c['cached']}"
-                 for label, c in self.engine.stats().items()]
+        parts = [f"{label} [{_blocks(c)}] queued {c['queued']} running {c['running']} done {c['done']} "
+                 f"failed {c['failed']} journal {c['cached']}" for label, c in self.engine.stats().items()]
         print(f"[{time.strftime('%H:%M:%S')}] {self.stage} | {' | '.join(parts)} | "
               f"reference calls {self.engine.reference_calls}", flush=True)
 

@@ -219,3 +219,40 @@ def test_only_the_run_dir_coordinator_cancels_and_only_jobs_still_under_their_re
         assert json.loads((tmp_path / SLURM_JOBS).read_text()) == []
     finally:
         subprocess.run(["scancel", ours, other])
+
+
+@pytest.mark.timeout(180)
+def test_a_task_waiting_for_a_pending_block_counts_as_queued_not_running(slurm, tmp_path):
+    """Parsl calls a task `launched` once its executor has it; while the block waits in the SLURM queue the
+    engine's progress counts it as queued, with the block shown pending, and as done once a worker ran it."""
+    from reactforge.engine.engine import Engine
+    from reactforge.schemas.loading import read_yaml, validate
+    from reactforge.schemas.site import SiteConfig
+    from reactforge.schemas.tasks import ProbeSpec
+
+    raw = read_yaml(ROOT / "site-configs" / "slurm-local.yaml")
+    raw["executors"] = {"mlff": raw["executors"]["mlff"]}
+    raw["resources"] = {"reference": "mlff", "mlff": "mlff", "training": "mlff"}
+    raw["executors"]["mlff"]["provider"]["init_blocks"] = 0  # the block is asked for when the task arrives
+    site = validate("slurm-local.yaml", raw, SiteConfig)
+    holder = subprocess.run(["sbatch", "--parsable", "-p", "standard", "--exclusive", "-J", "node-holder",
+                             "--wrap", "sleep 300"], capture_output=True, text=True, timeout=60, check=True)
+    holder_id = holder.stdout.strip().split(";")[0]
+    try:
+        with Engine(site, tmp_path / "run") as engine:
+            future = engine.submit(ProbeSpec(tag=1), [])
+            deadline = time.time() + 90
+            while (stats := engine.stats()["mlff"])["blocks_pending"] < 1:
+                assert time.time() < deadline, f"no pending block: {stats}, squeue {_squeue()}"
+                time.sleep(0.5)
+            for _ in range(4):  # held in the queue behind the node holder: nothing runs
+                assert stats["running"] == 0 and stats["queued"] == 1, stats
+                time.sleep(0.5)
+                stats = engine.stats()["mlff"]
+            assert not future.done()
+            subprocess.run(["scancel", holder_id], capture_output=True, timeout=60, check=True)
+            assert future.result(timeout=120).kind == "probe"
+            stats = engine.stats()["mlff"]
+            assert stats["done"] == 1 and stats["queued"] == 0 and stats["running"] == 0
+    finally:
+        subprocess.run(["scancel", holder_id], capture_output=True, timeout=60)
