@@ -86,6 +86,9 @@ class UmbrellaWindowResult(Strict):
     sample_interval_fs: float = Field(1.0, gt=0, description="time between CV samples")
     max_sigma_eV: float | None = Field(None, description="largest per-atom σ at the sampled production steps")
     resumed_from_step: int = Field(0, description="the checkpointed step a resumed attempt continued from")
+    breached: bool = Field(False, description="a sampled production frame exceeded the spec's sigma_thr_eV")
+    breaching: list[AtomsField] = Field(default_factory=list, description="breaching frames, to label")
+    steps_run: int = Field(0, description="MD steps run; fewer than asked when it stopped on breaching frames")
 
 
 class NMRShieldingResult(Strict):

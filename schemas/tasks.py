@@ -375,13 +375,16 @@ class MinimaHoppingSpec(TaskBase):
 
 
 class UmbrellaWindowSpec(TaskBase):
-    """One umbrella-sampling window: MD with a harmonic restraint on the distance d(i, j)."""
+    """One umbrella-sampling window: MD with a harmonic restraint on ξ = d(i, j) (`distance`) or
+    ξ = d(i, j) − d(j, k) (`distance_difference`: j moving from i to k)."""
 
     kind: Literal["umbrellawindow"] = "umbrellawindow"
     model: ModelRef
+    cv: Literal["distance", "distance_difference"] = "distance"
     atom_i: int = Field(..., ge=0)
     atom_j: int = Field(..., ge=0)
-    centre_A: float = Field(..., gt=0)
+    atom_k: int | None = Field(None, ge=0, description="the third atom of distance_difference")
+    centre_A: float = Field(..., description="ξ at the window's centre (Å; a distance is positive)")
     spring_eV_per_A2: float = Field(75.0, gt=0, description="thesis §3.4.2: 75 eV/Å²")
     temperature_K: float = Field(300.0, gt=0)
     timestep_fs: float = Field(1.0, gt=0)
@@ -391,11 +394,22 @@ class UmbrellaWindowSpec(TaskBase):
     friction_per_fs: float = Field(0.01, gt=0)
     fixed_atoms: list[int] = Field(default_factory=list)
     seed: int = 0
+    sigma_thr_eV: float | None = Field(
+        None, gt=0, description="production frames whose largest per-atom σ exceeds this are returned as breaching")
+    max_breaching_frames: int = Field(3, ge=1, description="the window stops once it holds this many")
+    breach_spacing_steps: int = Field(100, ge=1, description="breaching frames kept at least this many steps apart")
 
     @model_validator(mode="after")
-    def _two_atoms(self):
+    def _atoms(self):
         if self.atom_i == self.atom_j:
             raise ValueError("atom_i and atom_j must be different atoms")
+        if self.cv == "distance":
+            if self.atom_k is not None:
+                raise ValueError("atom_k belongs to distance_difference, not distance")
+            if self.centre_A <= 0:
+                raise ValueError(f"centre_A: a distance is positive, got {self.centre_A}")
+        elif self.atom_k is None or self.atom_k in (self.atom_i, self.atom_j):
+            raise ValueError("distance_difference needs atom_k, different from atom_i and atom_j")
         return self
 
 
