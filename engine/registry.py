@@ -8,6 +8,7 @@ WORKFLOWS = {
     "tasks": ("reactforge.schemas.batch:BatchProtocol", "reactforge.workflows.batch"),
     "catalysis": ("reactforge.schemas.protocol:Protocol", "reactforge.workflows.catalysis"),
     "nmr": ("reactforge.schemas.nmr:NMRProtocol", "reactforge.workflows.nmr"),
+    "free_energy": ("reactforge.schemas.free_energy:FreeEnergyProtocol", "reactforge.workflows.free_energy"),
 }
 DEFAULT = "catalysis"
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import TypeAdapter
 
 from .batch import BatchProtocol
+from .free_energy import FreeEnergyProtocol
 from .nmr import NMRProtocol
 from .protocol import Protocol
 from .site import SiteConfig
@@ -15,6 +16,7 @@ from .kinds import TaskSpec
 SCHEMAS = {
     "catalysis-protocol": Protocol,
     "nmr-protocol": NMRProtocol,
+    "free-energy-protocol": FreeEnergyProtocol,
     "tasks-protocol": BatchProtocol,
     "site": SiteConfig,
     "task-spec": TaskSpec,

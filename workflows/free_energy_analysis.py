@@ -153,7 +153,8 @@ def mbar_profile(windows: list[Window], temperature_K: float, *, bin_width: floa
         fes = pymbar.FES(u_kn, counts, verbose=False, mbar_options=options)
         fes.generate_fes(np.zeros(len(x)), x, fes_type="histogram", histogram_parameters={"bin_edges": edges})
     mids = 0.5 * (edges[1:] + edges[:-1])
-    mids = mids[(mids >= lo) & (mids <= hi)]
+    populated = np.histogram(x, edges)[0] > 0  # pymbar has no free energy for an empty bin
+    mids = mids[(mids >= lo) & (mids <= hi) & populated]
     first = fes.get_fes(mids, reference_point="from-lowest", uncertainty_method=None)
     f = np.asarray(first["f_i"], float) / beta
     _, low, top = forward_barrier(f, direction)
