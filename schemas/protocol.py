@@ -308,6 +308,11 @@ class Block6NEB(Strict):
         6, ge=1, description="permutations kept by the geometric pre-filter when over the limit"
     )
     energy_criterion_eV: float = Field(0.05, gt=0, description="|E_MLFF − E_ref| on every sampled image")
+    path_fmax_criterion_eV_per_A: float | None = Field(
+        0.1, gt=0, description="and the largest reference force across the band on the labelled images (the "
+        "climbing image's F − 2(F·τ)τ at the top): what a reference NEB started from the band sees at step 0. "
+        "Energies alone pass a band beside the reference's path; null: the energy criterion only"
+    )
     label_endpoints: bool = Field(
         False, description="also label the band's two ends every iteration (MLFF minima, re-relaxed with each "
         "model); thesis Table A.1 counts the interior images only. Without them the per-iteration reference "

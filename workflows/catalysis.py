@@ -27,6 +27,7 @@ from reactforge.schemas.tasks import MDSpec, NEBSpec, OptimiseSpec, SinglePointS
 
 from . import catalysis_build as build
 from . import sampling
+from .band import perpendicular_fmax
 from .active_learning import SEED_STRIDE, BlockReport, Campaign, Labels
 
 
@@ -149,10 +150,12 @@ class Catalysis:
             base["reference"] = reference
         return NEBSpec(**base)
 
-    def _neb_iteration(self, name: str, iteration: int, ends: dict, perms: dict) -> tuple[list, dict, list[Labels]]:
+    def _neb_iteration(self, name: str, iteration: int, ends: dict,
+                       perms: dict) -> tuple[list, dict, dict, list[Labels]]:
         """NEBs for every reaction x permutation at once; each reaction's lowest path is labelled the
         moment its last permutation finishes. Returns the energy errors on the labelled images, the
-        iteration's barriers per reaction and the labels."""
+        largest reference force across each reaction's band, the iteration's barriers per reaction and
+        the labels."""
         spec = self._neb_spec(model=self.campaign.model)
         reactions = self.protocol.reactions
         bands = {r.name: [self.engine.submit(spec, self._start_band(r.name, k, ends[r.initial],
@@ -163,7 +166,7 @@ class Catalysis:
                                                        iteration=iteration))
                   for rname, futures in bands.items()}
         wait(lowest.values())
-        errors, row, labelled = [], {}, []
+        errors, path_forces, row, labelled = [], {}, {}, []
         label_endpoints = self.protocol.parameters.b6_neb.label_endpoints
         for r in reactions:
             for k, band in enumerate(bands[r.name]):
@@ -178,14 +181,22 @@ class Catalysis:
             # reference energies of the labelled images; NaN where unlabelled (the ends, by default) or failed
             e_ref = np.full(len(e_ml), np.nan)
             first = 0 if label_endpoints else 1
-            e_ref[first:first + labels.calls] = [res.energy_eV if res is not None else np.nan
-                                                 for res in labels.results()]
+            results = dict(enumerate(labels.results(), start=first))
+            for i, res in results.items():
+                e_ref[i] = res.energy_eV if res is not None else np.nan
             finite = np.isfinite(e_ref)
             deviations = np.abs(e_ml - e_ref)[finite]
             errors += list(deviations)
+            # the reference forces across the band on the labelled images: is this the reference's path?
+            perp = perpendicular_fmax(path["images"], e_ml, {i: np.asarray(res.forces_eV_per_A)
+                                                            for i, res in results.items() if res is not None},
+                                      self.fixed, climb=self.protocol.parameters.b6_neb.climb)
+            path_forces[r.name] = max(perp.values()) if perp else float("inf")
             ref_barrier = float(np.nanmax(e_ref) - e_ref[0]) if finite.all() else None
             row[r.name] = {"mlff_barrier_eV": float(e_ml.max() - e_ml[0]), "reference_barrier_eV": ref_barrier,
                            "permutations_screened": len(perms[r.name]), "best_permutation": path["permutation"],
+                           "max_abs_energy_error_eV": float(deviations.max()) if deviations.size else None,
+                           "reference_perpendicular_fmax_eV_per_A": path_forces[r.name],
                            "mlff_energies_eV": e_ml.tolist(),
                            "reference_energies_eV": [float(e) if ok else None for e, ok in zip(e_ref, finite)]}
             self.barriers[r.name] = row[r.name]
@@ -193,8 +204,9 @@ class Catalysis:
                               f"{row[r.name]['mlff_barrier_eV']:.3f} eV, reference "
                               f"{ref_barrier if ref_barrier is None else round(ref_barrier, 3)} eV, "
                               "max |ΔE| on the labelled images "
-                              f"{deviations.max() if deviations.size else float('nan'):.3f} eV")
-        return errors, row, labelled
+                              f"{deviations.max() if deviations.size else float('nan'):.3f} eV, reference "
+                              f"force across the band {path_forces[r.name]:.3f} eV/Å")
+        return errors, path_forces, row, labelled
 
     def _label_lowest_path(self, done: Future, *, name: str, reaction: str,
                            iteration: int) -> tuple[dict, Labels] | None:
@@ -517,15 +529,22 @@ def _label_minimum(cat: Catalysis, f: Future, *, name: str, intermediate: str, i
 
 
 def plan_neb(protocol, system, params) -> str:
+    path = (f" and the reference force across the band < {params.path_fmax_criterion_eV_per_A} eV/Å"
+            if params.path_fmax_criterion_eV_per_A is not None else "")
     return (f"neb ({params.n_images} images) per reaction and permutation until |ΔE| < "
-            f"{params.energy_criterion_eV * 1000:.0f} meV")
+            f"{params.energy_criterion_eV * 1000:.0f} meV{path}")
 
 
 def neb(cat: Catalysis, name: str, params) -> BlockReport:
     """Block 6: MLFF NEBs of every reaction over its like-atom permutations; the lowest path's images are
-    labelled until the MLFF energies on them agree with the reference."""
+    labelled until the MLFF energies on them agree with the reference and, with a path criterion, the
+    reference forces across the band are small (the band is the reference's path, not one beside it).
+    `criterion_value` is the energy error; each iteration's history holds both."""
+    path_thr = params.path_fmax_criterion_eV_per_A
     report = BlockReport(name, criterion="max |E_MLFF − E_ref| on sampled images (eV) < "
-                                         f"{params.energy_criterion_eV}")
+                                         f"{params.energy_criterion_eV}" + (
+                                             "" if path_thr is None else " and max reference force across the "
+                                             f"band on them (eV/Å) < {path_thr}"))
     reactions = cat.protocol.reactions
     ends = {n: cat.minima.get(n, a) for n, a in cat.system.intermediates.items()}
     perms = {}
@@ -546,13 +565,16 @@ def neb(cat: Catalysis, name: str, params) -> BlockReport:
         cat.progress.set_stage(f"block 6 ({name}): iteration {iteration}, NEBs over "
                                f"{sum(len(v) for v in perms.values())} permutation(s)")
         ends = cat._relax_ends(ends)
-        errors, row, labelled = cat._neb_iteration(name, iteration, ends, perms)
+        errors, path_forces, row, labelled = cat._neb_iteration(name, iteration, ends, perms)
         report.count(*labelled)
         worst = max(errors) if errors else float("inf")
+        across = max(path_forces.values()) if path_forces else float("inf")
         report.iterations, report.criterion_value = iteration, worst
-        report.history.append({"iteration": iteration, "max_abs_energy_error_eV": worst, "barriers": row})
+        report.history.append({"iteration": iteration, "max_abs_energy_error_eV": worst,
+                               "max_reference_perpendicular_fmax_eV_per_A": across, "barriers": row})
         cat.neb_history.append({"iteration": iteration, **row})
-        if errors and worst < params.energy_criterion_eV and len(row) == len(reactions):
+        on_path = path_thr is None or across < path_thr
+        if errors and worst < params.energy_criterion_eV and on_path and len(row) == len(reactions):
             report.termination_met = True
             break
         cat.campaign.retrain(f"{name}-{iteration}")

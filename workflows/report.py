@@ -231,6 +231,12 @@ def barrier_rows(neb_history: Sequence[Mapping]) -> dict[str, list[dict]]:
     return hist
 
 
+def block6_rows(neb_history: Sequence[Mapping]) -> list[dict]:
+    """One row per block-6 iteration and reaction: its barrier and both termination measures."""
+    return [{"iteration": row["iteration"], "reaction": name, **v} for row in neb_history
+            for name, v in row.items() if isinstance(v, Mapping)]
+
+
 def profile_rows(neb_history: Sequence[Mapping], paths: Mapping, validation: Mapping | None = None) -> dict[str, dict]:
     """The last MLFF band of each reaction; its reference energies where every image was labelled, else
     the validation's reference NEB started from that band (block 6 labels the interior images only)."""
@@ -404,6 +410,11 @@ def write_report(
         cols = ["reaction", "permutations_screened", "mlff_barrier_eV", "reference_barrier_eV", "abs_error_eV",
                 "abs_error_vs_unconverged_eV", "validation_converged", "validation_steps", "validation_step0_fmax_eV_per_A"]
         parts.append("<h2>Barriers</h2>" + _table(barriers, cols))
+    if neb_rows := block6_rows(neb_history or []):
+        cols = ["iteration", "reaction", "mlff_barrier_eV", "max_abs_energy_error_eV",
+                "reference_perpendicular_fmax_eV_per_A"]
+        parts.append("<h2>Block 6 per iteration: energy error and reference force across the band</h2>"
+                     + _table(neb_rows, cols))
     for name, caption in figures:
         parts.append(f"<figure><a href='{name}'><img src='{name}' alt='{html.escape(caption)}'></a>"
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
