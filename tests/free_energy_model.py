@@ -80,3 +80,22 @@ def exact_window_samples(centre: float, spring: float, temperature_K: float, n: 
     cdf = np.cumsum(p)
     cdf /= cdf[-1]
     return np.interp(rng.random(n), cdf, xi)
+
+
+def langevin_window(centre: float, spring: float, temperature_K: float, steps: int, equilibration: int,
+                    friction_per_fs: float = 0.2, seed: int = 0) -> np.ndarray:
+    """ξ after each production step of one umbrella window of ASE Langevin MD on the model, biased by the
+    umbrella task's own restraint (tasks/umbrella.py), 1 fs steps."""
+    from ase.md.langevin import Langevin
+
+    from reactforge.tasks.umbrella import DistanceRestraint
+
+    atoms = model_system(centre)
+    atoms.set_constraint([DistanceRestraint(0, 1, centre, spring), *atoms.constraints])
+    dyn = Langevin(atoms, timestep=units.fs, temperature_K=temperature_K, friction=friction_per_fs / units.fs,
+                   fixcm=False, rng=np.random.default_rng(seed), logfile=None)
+    xi = []
+    for _ in dyn.irun(equilibration + steps):
+        if dyn.nsteps > equilibration:
+            xi.append(atoms.get_distance(0, 1))
+    return np.array(xi)

@@ -110,6 +110,9 @@ def test_a_breaching_window_is_labelled_the_model_retrained_and_the_windows_reru
     entry = out["free_energy"]["lift"]["300K"]
     assert entry["al_iterations"] == 1 and entry["band_barrier_eV"] > 0
     assert not learning["termination_met"]  # one iteration allowed, and 0.5 meV is beyond this model
+    # the last allowed round runs its windows to the end: A(ξ) from full windows, the breaches reported
+    assert second["breached"] == entry["windows_above_sigma_thr"] == 4
+    assert entry["samples"] == 4 * 48 and np.isfinite(entry["barrier_eV"])
 
 
 def test_no_breach_no_labels_and_the_profile_is_written(tmp_path, tiny_gap_model, emt_cu_training_set, engine_on):

@@ -198,7 +198,8 @@ class FreeEnergy:
                                  extra={"source_run": str(self.source.run_dir)})
             self.campaign.labelled.add(a.info["task"])
 
-    def _spec(self, key) -> UmbrellaWindowSpec:
+    def _spec(self, key, stop: bool) -> UmbrellaWindowSpec:
+        """The window's task; with `stop` it returns (and stops at) frames above σ_thr, to be labelled."""
         rname, T, k = key
         w, al = self.p.windows, self.p.active_learning
         cv = next(r.cv for r in self.p.reactions if r.name == rname)
@@ -210,19 +211,23 @@ class FreeEnergy:
             spring_eV_per_A2=w.spring_eV_per_A2, temperature_K=T, timestep_fs=w.timestep_fs,
             equilibration_steps=w.equilibration_steps, production_steps=w.production_steps,
             sample_every=w.sample_every, friction_per_fs=w.friction_per_fs, fixed_atoms=self.fixed or [],
-            seed=SEED_STRIDE * self.p.seed + 1000 * t_index + k,
-            sigma_thr_eV=self.sigma_thr if self.learn else None,
+            seed=SEED_STRIDE * self.p.seed + 1000 * t_index + k, sigma_thr_eV=self.sigma_thr if stop else None,
             max_breaching_frames=al.frames_per_window, breach_spacing_steps=al.frame_spacing_steps)
 
     # ------------------------------------------------------------------ sampling with active learning
     def sample(self) -> tuple[dict, BlockReport, Counter]:
+        """Windows until none breaches σ_thr. The last allowed round (or every round without active
+        learning) runs its windows to the end whatever their σ: A(ξ) then comes from full windows, and
+        how many went above σ_thr is reported."""
         al = self.p.active_learning
         report = BlockReport(BLOCK, criterion=f"no umbrella window above σ_thr = {self.sigma_thr} eV")
         results, retrained_for = {}, Counter()  # (reaction, T) -> AL iterations its windows caused
         pending = list(self.windows)
         for iteration in range(0, al.max_iterations + 1):
+            last = not self.learn or iteration == al.max_iterations
             self.progress.set_stage(f"free energy: iteration {iteration}, {len(pending)} umbrella windows")
-            futures = {key: self.engine.submit(self._spec(key), [self.windows[key][1]]) for key in pending}
+            futures = {key: self.engine.submit(self._spec(key, stop=not last), [self.windows[key][1]])
+                       for key in pending}
             wait(futures.values())
             for key, f in futures.items():
                 results.pop(key, None)
@@ -230,25 +235,26 @@ class FreeEnergy:
                     self.progress.log(f"umbrella window {key} failed: {f.exception()}")
                 else:
                     results[key] = res
-            breached = [k for k in pending if k in results and results[k].breached]
+            thr = self.sigma_thr if self.sigma_thr is not None else np.inf
+            above = [k for k in pending if k in results and (results[k].max_sigma_eV or 0.0) > thr]
             worst = max((r.max_sigma_eV or 0.0 for r in results.values()), default=float("nan"))
             report.iterations, report.criterion_value = iteration, worst
-            report.history.append({"iteration": iteration, "windows_run": len(pending), "breached": len(breached),
+            report.history.append({"iteration": iteration, "windows_run": len(pending), "breached": len(above),
                                    "max_sigma_eV": worst, "model": self.model.sha256})
-            self.progress.log(f"free energy iteration {iteration}: {len(breached)} of {len(pending)} windows "
-                              f"breached σ_thr; max σ {worst * 1000:.1f} meV")
-            if not breached:
-                report.termination_met = self.learn or self.sigma_thr is None or worst <= self.sigma_thr
+            self.progress.log(f"free energy iteration {iteration}: {len(above)} of {len(pending)} windows "
+                              f"above σ_thr; max σ {worst * 1000:.1f} meV")
+            if not above:
+                report.termination_met = len(results) == len(self.windows)
                 break
-            if not self.learn or iteration == al.max_iterations:
+            if last:
                 break
-            frames = [frame for k in breached for frame in results[k].breaching]
+            frames = [frame for k in above for frame in results[k].breaching]
             labels = self.campaign.label(frames, block=BLOCK, iteration=iteration + 1, reason="umbrella σ breach")
             self.campaign.wait_labels()
             report.count(labels)
-            retrained_for.update({(k[0], k[1]) for k in breached})
+            retrained_for.update({(k[0], k[1]) for k in above})
             self.model = self.campaign.retrain(f"{BLOCK}-{iteration + 1}")
-            pending = list(self.windows) if al.rerun == "all" else breached
+            pending = list(self.windows) if al.rerun == "all" else above
         return results, report, retrained_for
 
     # ------------------------------------------------------------------ analysis and output
@@ -268,7 +274,8 @@ class FreeEnergy:
                 entry = {"windows": len(done), "samples": int(sum(len(res.cv_A) for _, res in done)),
                          "al_iterations": retrained_for[(r.name, T)], "band_barrier_eV": band_barrier,
                          "max_sigma_eV": max((res.max_sigma_eV or 0.0 for _, res in done), default=None),
-                         "breached_windows": sum(res.breached for _, res in done)}
+                         "windows_above_sigma_thr": sum((res.max_sigma_eV or 0.0) > (self.sigma_thr or np.inf)
+                                                        for _, res in done)}
                 if len(done) < 2:
                     out[r.name][f"{T:g}K"] = {**entry, "barrier_eV": None, "error_eV": None, "mbar_barrier_eV": None,
                                              "error": "fewer than two windows with samples"}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,10 +113,11 @@ def umbrella_integration(windows: list[Window], temperature_K: float, *, n_block
 
 
 def _pymbar():
-    # pymbar prints a banner about JAX to stdout when first imported
-    with contextlib.redirect_stdout(io.StringIO()):
-        import pymbar
-        from pymbar import timeseries
+    # pymbar logs a banner about optional JAX acceleration at import and a caution on every timeseries
+    # call: advice for its interactive users, noise in a run's log
+    logging.getLogger("pymbar").setLevel(logging.ERROR)
+    import pymbar
+    from pymbar import timeseries
     return pymbar, timeseries
 
 
