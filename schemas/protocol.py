@@ -307,6 +307,20 @@ class Block6NEB(Strict):
     permutations_kept: int = Field(
         6, ge=1, description="permutations kept by the geometric pre-filter when over the limit"
     )
+    screen_steps: int | None = Field(
+        30, ge=1, description="two-stage screening: every permutation's band first relaxes this many steps "
+        "without climbing image; the full climbing-image NEB then runs from the screened bands of the lowest "
+        "and those within screen_margin_eV only (null: the full NEB for every permutation)"
+    )
+    screen_margin_eV: float = Field(
+        0.1, ge=0, description="screened bands whose highest image is within this of the lowest band's also "
+        "get the full NEB: 0.1 eV is ~4 kT at 300 K (a path above that carries under 2 % of the flux), and "
+        "covers the reordering a short, non-climbing relaxation leaves between two sensible paths"
+    )
+    drop_margin_eV: float = Field(
+        0.5, gt=0, description="a permutation whose screened band stays more than this above the lowest for two "
+        "iterations in a row is screened no more (atoms that pass through each other: eV above)"
+    )
     energy_criterion_eV: float = Field(0.05, gt=0, description="|E_MLFF − E_ref| on every sampled image")
     path_fmax_criterion_eV_per_A: float | None = Field(
         0.1, gt=0, description="and the largest reference force across the band on the labelled images (the "

@@ -122,16 +122,26 @@ def test_catalysis_protocol_end_to_end_and_resume(tmp_path):
     assert first["blocks"]["neb"]["iterations"] == 2
     for h in first["blocks"]["neb"]["history"]:  # both block-6 measures, every iteration
         assert h["max_abs_energy_error_eV"] >= 0 and h["max_reference_perpendicular_fmax_eV_per_A"] >= 0
-    # iteration 1 interpolates each permutation's band between the ends; iteration 2 starts from that
-    # band (warm_start), which the task sees as a whole starting band (its step-0 force is then recorded)
+    # every permutation's band is screened (non-climbing, few steps); iteration 1 interpolates it between
+    # the ends, iteration 2 starts from the previous band (warm_start), which the task sees as a whole
+    # starting band (its step-0 force is then recorded). The full climbing NEB runs from a screened band,
+    # for the lowest of each reaction and those within the margin only
     import sqlite3
 
     with sqlite3.connect(run_dir / "journal.db") as db:
-        nebs = [json.loads(r) for s, r in db.execute("select spec, result from tasks where kind='neb' and "
-                                                      "status='done' order by submitted_at")
-                if json.loads(s)["model"] is not None]
-    assert len(nebs) == 2 * 2 * len(data["reactions"])  # 2 iterations x 2 permutations
-    assert [n["fmax_initial_eV_per_A"] is None for n in nebs] == [True] * 4 + [False] * 4
+        nebs = [(json.loads(s), json.loads(r)) for s, r in db.execute(
+            "select spec, result from tasks where kind='neb' and status='done' order by submitted_at")
+            if json.loads(s)["model"] is not None]
+    screens = [r for s, r in nebs if not s["climb"]]
+    full = [r for s, r in nebs if s["climb"]]
+    n = len(data["reactions"])
+    assert len(screens) == 2 * 2 * n  # 2 iterations x 2 permutations
+    assert [r["fmax_initial_eV_per_A"] is None for r in screens] == [True] * 2 * n + [False] * 2 * n
+    assert 2 * n <= len(full) <= 2 * 2 * n and all(r["fmax_initial_eV_per_A"] is not None for r in full)
+    for h in first["blocks"]["neb"]["history"]:
+        for row in h["barriers"].values():
+            assert str(row["best_permutation"]) in map(str, row["full_neb_permutations"])
+            assert len(row["screened_band_max_eV"]) == 2
     # every reference single point of the run is in some block's count (the dimer spacing search's
     # probes in block 3's); the run's total also counts retries of a failed SCF
     with sqlite3.connect(run_dir / "journal.db") as db:

@@ -21,12 +21,12 @@ from functools import partial
 import numpy as np
 from ase import Atoms
 
-from reactforge.engine.futures import gather, settled, then
+from reactforge.engine.futures import settled, then
 from reactforge.schemas.protocol import BLOCK_NAMES
 from reactforge.schemas.tasks import MDSpec, NEBSpec, OptimiseSpec, SinglePointSpec
 
 from . import catalysis_build as build
-from . import sampling
+from . import sampling, screening
 from .band import perpendicular_fmax
 from .active_learning import SEED_STRIDE, BlockReport, Campaign, Labels
 
@@ -150,31 +150,37 @@ class Catalysis:
             base["reference"] = reference
         return NEBSpec(**base)
 
-    def _neb_iteration(self, name: str, iteration: int, ends: dict,
-                       perms: dict) -> tuple[list, dict, dict, list[Labels]]:
-        """NEBs for every reaction x permutation at once; each reaction's lowest path is labelled the
-        moment its last permutation finishes. Returns the energy errors on the labelled images, the
-        largest reference force across each reaction's band, the iteration's barriers per reaction and
-        the labels."""
-        spec = self._neb_spec(model=self.campaign.model)
+    def _neb_iteration(self, name: str, iteration: int, ends: dict, perms: dict,
+                       active: dict) -> tuple[list, dict, dict, list[Labels], dict]:
+        """Every reaction's permutations screened at once (workflows/screening.py: short non-climbing
+        bands, the full NEB for the lowest and those within the margin); each reaction's lowest path is
+        labelled the moment its screening ends. `active`: per reaction, the permutation indices still
+        screened. Returns the energy errors on the labelled images, the largest reference force across
+        each reaction's band, the iteration's barriers per reaction, the labels and the screenings."""
+        params = self.protocol.parameters.b6_neb
+        full = self._neb_spec(model=self.campaign.model)
+        short = (self._neb_spec(model=self.campaign.model, climb=False, max_steps=params.screen_steps)
+                 if params.screen_steps else None)
         reactions = self.protocol.reactions
-        bands = {r.name: [self.engine.submit(spec, self._start_band(r.name, k, ends[r.initial],
-                                                                    sampling.apply_order(ends[r.final], perm)))
-                          for k, perm in enumerate(perms[r.name])]
-                 for r in reactions}
-        lowest = {rname: then(gather(futures), partial(self._label_lowest_path, name=name, reaction=rname,
-                                                       iteration=iteration))
-                  for rname, futures in bands.items()}
-        wait(lowest.values())
-        errors, path_forces, row, labelled = [], {}, {}, []
-        label_endpoints = self.protocol.parameters.b6_neb.label_endpoints
+        lowest = {}
         for r in reactions:
-            for k, band in enumerate(bands[r.name]):
-                if (res := settled(band)) is not None:
-                    self._bands[(r.name, k)] = res.images
-            if (chosen := lowest[r.name].result()) is None:
+            starts = {k: self._start_band(r.name, k, ends[r.initial], sampling.apply_order(ends[r.final], perms[r.name][k]))
+                      for k in active[r.name]}
+            lowest[r.name] = then(screening.screen(self.engine, short, full, starts, params.screen_margin_eV),
+                                  partial(self._label_lowest_path, name=name, reaction=r.name, iteration=iteration))
+        wait(lowest.values())
+        errors, path_forces, row, labelled, screens = [], {}, {}, [], {}
+        label_endpoints = params.label_endpoints
+        for r in reactions:
+            if (outcome := settled(lowest[r.name])) is None:
+                self.progress.log(f"block 6: the NEBs of {r.name} failed: {lowest[r.name].exception()}")
                 continue
-            path, labels = chosen
+            path, labels, screens[r.name] = outcome
+            for k, res in screens[r.name].results.items():
+                if res is not None:
+                    self._bands[(r.name, k)] = res.images
+            if path is None:
+                continue
             self.paths[r.name] = path
             labelled.append(labels)
             e_ml = np.asarray(path["energies_eV"])
@@ -195,6 +201,8 @@ class Catalysis:
             ref_barrier = float(np.nanmax(e_ref) - e_ref[0]) if finite.all() else None
             row[r.name] = {"mlff_barrier_eV": float(e_ml.max() - e_ml[0]), "reference_barrier_eV": ref_barrier,
                            "permutations_screened": len(perms[r.name]), "best_permutation": path["permutation"],
+                           "screened_band_max_eV": screens[r.name].screened_max_eV,
+                           "full_neb_permutations": screens[r.name].full, "permutations_active": active[r.name],
                            "max_abs_energy_error_eV": float(deviations.max()) if deviations.size else None,
                            "reference_perpendicular_fmax_eV_per_A": path_forces[r.name],
                            "mlff_energies_eV": e_ml.tolist(),
@@ -206,20 +214,22 @@ class Catalysis:
                               "max |ΔE| on the labelled images "
                               f"{deviations.max() if deviations.size else float('nan'):.3f} eV, reference "
                               f"force across the band {path_forces[r.name]:.3f} eV/Å")
-        return errors, path_forces, row, labelled
+        return errors, path_forces, row, labelled, screens
 
     def _label_lowest_path(self, done: Future, *, name: str, reaction: str,
-                           iteration: int) -> tuple[dict, Labels] | None:
-        """Runs once a reaction's last NEB is done: its lowest-energy path, and the labels of its images."""
-        ok = [(k, res) for k, f in enumerate(done.result()) if (res := settled(f)) is not None]
-        if not ok:
+                           iteration: int) -> tuple[dict | None, Labels | None, screening.Screened]:
+        """Runs once a reaction's screening is done: its lowest full NEB, the labels of its images, and
+        the screening itself (the path and labels are None when every full NEB failed)."""
+        screened = done.result()
+        if (k := screened.lowest()) is None:
             self.progress.log(f"block 6: every NEB of {reaction} failed")
-            return None
-        k, best = min(ok, key=lambda kr: max(kr[1].energies_eV))
+            return None, None, screened
+        best = screened.results[k]
         path = {"images": best.images, "energies_eV": best.energies_eV, "permutation": k,
-                "barriers_eV": [res.forward_barrier_eV for _, res in ok]}
+                "barriers_eV": {j: screened.results[j].forward_barrier_eV for j in screened.full
+                                if screened.results.get(j) is not None}}
         sampled = best.images if self.protocol.parameters.b6_neb.label_endpoints else best.images[1:-1]
-        return path, self.campaign.label(sampled, block=name, iteration=iteration, reason="NEB image")
+        return path, self.campaign.label(sampled, block=name, iteration=iteration, reason="NEB image"), screened
 
     def _start_band(self, reaction: str, k: int, initial: Atoms, final: Atoms) -> list[Atoms]:
         """The NEB's starting structures: the two ends (interpolated by the task), or with warm_start the
@@ -531,7 +541,9 @@ def _label_minimum(cat: Catalysis, f: Future, *, name: str, intermediate: str, i
 def plan_neb(protocol, system, params) -> str:
     path = (f" and the reference force across the band < {params.path_fmax_criterion_eV_per_A} eV/Å"
             if params.path_fmax_criterion_eV_per_A is not None else "")
-    return (f"neb ({params.n_images} images) per reaction and permutation until |ΔE| < "
+    screen = (f"{params.screen_steps} non-climbing steps per permutation, the full neb for the lowest and those "
+              f"within {params.screen_margin_eV} eV" if params.screen_steps else "full neb per permutation")
+    return (f"neb ({params.n_images} images): {screen}; until |ΔE| < "
             f"{params.energy_criterion_eV * 1000:.0f} meV{path}")
 
 
@@ -561,11 +573,22 @@ def neb(cat: Catalysis, name: str, params) -> BlockReport:
         interpolated = cat.campaign.label(images, block=name, iteration=0, reason="interpolated image")
         cat.campaign.retrain(f"{name}-0")
         report.count(interpolated)
+    active = {rname: list(range(len(p))) for rname, p in perms.items()}
+    strikes: dict[str, dict[int, int]] = {}
     for iteration in range(1, params.max_iterations + 1):
         cat.progress.set_stage(f"block 6 ({name}): iteration {iteration}, NEBs over "
-                               f"{sum(len(v) for v in perms.values())} permutation(s)")
+                               f"{sum(len(v) for v in active.values())} permutation(s)")
         ends = cat._relax_ends(ends)
-        errors, path_forces, row, labelled = cat._neb_iteration(name, iteration, ends, perms)
+        errors, path_forces, row, labelled, screens = cat._neb_iteration(name, iteration, ends, perms, active)
+        # a permutation far above the lowest band for DROP_AFTER iterations in a row is screened no more
+        for rname, screened in sorted(screens.items()):
+            strikes[rname] = screening.strikes_after(strikes.get(rname, {}), screened.screened_max_eV,
+                                                     screened.lowest(), params.drop_margin_eV)
+            kept = screening.kept(active[rname], strikes[rname])
+            if dropped := sorted(set(active[rname]) - set(kept)):
+                cat.progress.log(f"block 6: {rname} permutation(s) {dropped} dropped: their bands stayed more "
+                                 f"than {params.drop_margin_eV} eV above the lowest")
+            active[rname] = kept
         report.count(*labelled)
         worst = max(errors) if errors else float("inf")
         across = max(path_forces.values()) if path_forces else float("inf")
