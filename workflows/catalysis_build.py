@@ -260,8 +260,8 @@ def describe_site(protocol: Protocol, system: CatalysisSystem) -> list[str]:
     if isinstance(site, AtomSite):
         what = f"slab atom {site.index} ({slab[site.index].symbol}), nothing removed"
     else:
-        removed = system.site_slab.info.get("vacancy_element", site.element)
-        what = f"vacancy: one {removed} atom removed"
+        idx = _site_atom_index(slab, site, tol)
+        what = f"vacancy: slab atom {idx} ({slab[idx].symbol}) removed"
     top = ", ".join(f"{i} {slab[i].symbol}" for i in sorted(layers[-1]))
     return [f"slab: {len(layers)} atomic layers (z-clustered, {tol} Å), bottom {len(fixed_indices(slab))} atoms fixed",
             f"active site: {what}, at ({x:.2f}, {y:.2f}, {z:.2f}) Å; top-layer atoms (index element): {top}"]
