@@ -17,8 +17,6 @@ reactant minimum, where A is zero.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 from dataclasses import dataclass
 
@@ -150,10 +148,9 @@ def mbar_profile(windows: list[Window], temperature_K: float, *, bin_width: floa
     below = int(np.ceil((lo - x.min()) / bin_width)) + 1
     above = int(np.ceil((x.max() - lo) / bin_width)) + 1
     edges = lo + bin_width * np.arange(-below, above + 1)
-    with contextlib.redirect_stdout(io.StringIO()):
-        options = {} if guess is None else {"initial_f_k": _window_free_energies(guess, centres, springs, beta)}
-        fes = pymbar.FES(u_kn, counts, verbose=False, mbar_options=options)
-        fes.generate_fes(np.zeros(len(x)), x, fes_type="histogram", histogram_parameters={"bin_edges": edges})
+    options = {} if guess is None else {"initial_f_k": _window_free_energies(guess, centres, springs, beta)}
+    fes = pymbar.FES(u_kn, counts, verbose=False, mbar_options=options)
+    fes.generate_fes(np.zeros(len(x)), x, fes_type="histogram", histogram_parameters={"bin_edges": edges})
     mids = 0.5 * (edges[1:] + edges[:-1])
     populated = np.histogram(x, edges)[0] > 0  # pymbar has no free energy for an empty bin
     mids = mids[(mids >= lo) & (mids <= hi) & populated]
