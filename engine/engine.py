@@ -16,6 +16,7 @@ import functools
 import getpass
 import hashlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -219,6 +220,7 @@ class Engine:
             from .parsl_config import build_config
 
             self._dfk = parsl.load(build_config(self.site, self.run_dir, on_submit=self._slurm_job_submitted))
+            logging.getLogger("parsl").setLevel(self.site.parsl_log_level)  # Parsl opens its log at DEBUG
             self._apps = {label: PythonApp(execute, data_flow_kernel=self._dfk, executors=[label])
                           for label in self.site.executors}
 

@@ -137,6 +137,10 @@ class SiteConfig(Strict):
         default_factory=dict, description="wall-clock limit of one task attempt by resource -> transient "
         "failure, retried elsewhere (covers codes that run inside the worker, such as tblite)"
     )
+    parsl_log_level: Literal["DEBUG", "INFO", "WARNING"] = Field(
+        "INFO", description="level of the coordinator's parsl.log (runinfo under the run directory); DEBUG logs "
+        "every task's passage and costs about 1 ms per task"
+    )
     checkpoint_interval_s: float = Field(
         120.0, ge=0, description="long MLFF tasks (MD, umbrella windows, minima hopping) save their state at "
         "most this often; a killed or expired attempt resumes from the last save instead of step 0"

@@ -235,7 +235,7 @@ def test_a_task_waiting_for_a_pending_block_counts_as_queued_not_running(slurm, 
     raw["resources"] = {"reference": "mlff", "mlff": "mlff", "training": "mlff"}
     raw["executors"]["mlff"]["provider"]["init_blocks"] = 0  # the block is asked for when the task arrives
     site = validate("slurm-local.yaml", raw, SiteConfig)
-    holder = subprocess.run(["sbatch", "--parsable", "-p", "standard", "--exclusive", "-J", "node-holder",
+    holder = subprocess.run(["sbatch", "--parsable", "-p", "standard", "--exclusive", "-J", "node-holder", "-o", "/dev/null",
                              "--wrap", "sleep 300"], capture_output=True, text=True, timeout=60, check=True)
     holder_id = holder.stdout.strip().split(";")[0]
     try:
