@@ -14,6 +14,7 @@ the field.
 from __future__ import annotations
 
 import argparse
+import difflib
 import shutil
 import sys
 import tempfile
@@ -60,7 +61,9 @@ def load_protocol(path: Path):
     def schema(data: dict):
         workflow = data.get("workflow", DEFAULT)
         if not isinstance(workflow, str) or workflow not in WORKFLOWS:
-            raise InputError(path, [f"field 'workflow': unknown workflow {workflow!r}; known: {sorted(WORKFLOWS)}"])
+            close = difflib.get_close_matches(workflow, list(WORKFLOWS)) if isinstance(workflow, str) else []
+            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+            raise InputError(path, [f"field 'workflow': unknown workflow {workflow!r}{hint}; known: {sorted(WORKFLOWS)}"])
         return protocol_class(workflow)
 
     protocol = load(path, schema)

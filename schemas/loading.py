@@ -5,11 +5,13 @@ A protocol is loaded once, by `load_protocol`: it validates the file and records
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, PrivateAttr, TypeAdapter, ValidationError
@@ -153,8 +155,60 @@ def validate(path: str | Path, data: dict, model: type[T] | Any) -> T:
         problems = []
         for e in err.errors():
             field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            problems.append(f"field '{field}': {e['msg']}")
+            hint = _did_you_mean(model, e["loc"]) if e["type"] == "extra_forbidden" else ""
+            problems.append(f"field '{field}': {e['msg']}{hint}")
         raise InputError(path, problems) from None
+
+
+def _members(tp: Any) -> list[Any]:
+    """The concrete types behind Annotated, Optional and unions."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _members(typing.get_args(tp)[0])
+    if origin is typing.Union or type(tp).__name__ == "UnionType":
+        return [m for a in typing.get_args(tp) for m in _members(a)]
+    return [tp]
+
+
+def _tags(cls: type[BaseModel]) -> set:
+    """Names pydantic may put in an error's location for a union member: class name, Literal field values."""
+    tags = {cls.__name__}
+    for info in cls.model_fields.values():
+        for m in _members(info.annotation):
+            if typing.get_origin(m) is Literal:
+                tags.update(typing.get_args(m))
+    return tags
+
+
+def _field_names(cls: type[BaseModel]) -> list[str]:
+    return [n for name, info in cls.model_fields.items() for n in (name, info.alias) if n]
+
+
+def _did_you_mean(model: Any, loc: tuple) -> str:
+    """' (did you mean ...?)' with the allowed names closest to the unknown key at the end of `loc`, found by
+    following `loc` through the model's field types; '' when none is close."""
+    kinds = _members(model)
+    for key in loc[:-1]:
+        models = [k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)]
+        if isinstance(key, str) and models and not any(key in k.model_fields for k in models):
+            tagged = [k for k in models if key in _tags(k)]  # a union member's tag, not a field: stay, narrowed
+            kinds = tagged or kinds
+            continue
+        step = []
+        for k in kinds:
+            if isinstance(k, type) and issubclass(k, BaseModel):
+                if isinstance(key, str) and key in k.model_fields:
+                    step += _members(k.model_fields[key].annotation)
+            elif typing.get_origin(k) in (list, tuple, set, frozenset) and isinstance(key, int):
+                args = [a for a in typing.get_args(k) if a is not Ellipsis]
+                step += [m for a in (args[key:key + 1] if typing.get_origin(k) is tuple and len(args) > 1 else args)
+                         for m in _members(a)]
+            elif typing.get_origin(k) is dict:
+                step += _members(typing.get_args(k)[1])
+        kinds = step
+    names = sorted({n for k in kinds if isinstance(k, type) and issubclass(k, BaseModel) for n in _field_names(k)})
+    close = difflib.get_close_matches(str(loc[-1]), names, n=3, cutoff=0.7) if loc else []
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 class ProtocolFile(Strict):

@@ -120,6 +120,12 @@ CASES = {
     "duplicate-key": (_text(SINGLEPOINTS.replace("name: singlepoints", "name: singlepoints\nname: other")),
                       "field 'name' given twice"),
     "duplicate-job-name": (_tasks(lambda d, _: d["jobs"][1].update(name=d["jobs"][0]["name"])), "field 'jobs'"),
+    # 5. (issue 19): a misspelt field names the close allowed ones, also inside a tagged union
+    "misspelt-field": (_catalysis(lambda d: d["surface"].update(milers=d["surface"].pop("miller"))),
+                       "field 'surface.milers': Extra inputs are not permitted (did you mean 'miller'?)"),
+    "misspelt-nested-field": (_tasks(lambda d, _: d["jobs"][0]["spec"]["reference"].update(
+        methd=d["jobs"][0]["spec"]["reference"].pop("method"))), "methd': Extra inputs are not permitted (did you mean 'method'?)"),
+    "misspelt-workflow": (_text(SINGLEPOINTS.replace("workflow: tasks", "workflow: task")), "(did you mean 'tasks'?)"),
     # 12. and 7.: what would exhaust time, memory or the stack
     "alias-bomb": (_text(_bomb()), "aliases expanded"),
     "recursive-alias": (_text("workflow: tasks\nname: x\njobs: &a [*a]\n"), "refers to a node that contains it"),
@@ -215,3 +221,14 @@ def test_store_writes_nothing_outside_its_run_directory(tmp_path, name):
         store.keep_model([], "../../" + name)  # models/<name>/
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert store.write_json("paths/../results/ok.json", {}) == tmp_path / "run" / "results" / "ok.json"
+
+
+def test_misspelt_site_field_is_exit_2_with_close_matches(tmp_path):
+    site = yaml.safe_load((ROOT / "site-configs" / "local.yaml").read_text())
+    site["resorces"] = site.pop("resources")
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
+    protocol = _tasks(lambda d, _: None)(tmp_path)
+    p = cli("check", "--site", tmp_path / "site.yaml", protocol, cwd=tmp_path)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert f"{tmp_path / 'site.yaml'}: field 'resorces'" in p.stderr, p.stderr
+    assert "(did you mean 'resources'?)" in p.stderr, p.stderr
