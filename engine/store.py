@@ -3,8 +3,11 @@
     runs/<name>/
       protocol.yaml, protocol.sha256   the protocol this directory belongs to (resume refuses others)
       journal.db                       engine: task hash -> result
-      labels.db                        ASE database of reference labels (block, iteration, reason, task)
-      dataset.xyz                      the training set as extxyz: REF_energy, REF_forces, REF_stress
+      labels.db                        ASE database of reference labels: energy, forces, stress as calculator
+                                       results (`ase db` shows energy and fmax), provenance as key-value pairs
+                                       (block, iteration, reason, task, weights, config_type)
+      dataset.xyz                      the training set as extxyz: REF_energy, REF_forces, REF_stress, weights
+                                       under the keys mace_run_train and gap_fit read, E0 atoms as IsolatedAtom
       models/                          trained models (copies named by block and iteration)
       summary.json                     results for people and scripts
       report/                          figures and index.html
@@ -29,11 +32,13 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
 from ase.db import connect
 from ase.io import write
 
 from reactforge.schemas.loading import InputError
 from reactforge.schemas.results import SinglePointResult
+from reactforge.schemas.tasks import ISOLATED_ATOM, ISOLATED_ATOM_TYPES, GAPModelSpec
 
 
 @contextmanager
@@ -168,9 +173,12 @@ class Store:
                   "force_weight": float(force_weight), "reference": result.reference,
                   "config_type": config_type or block}
             kv.update(extra or {})
-            data = {"REF_forces": np.asarray(result.forces_eV_per_A)}
+            results = {"energy": float(result.energy_eV), "forces": np.asarray(result.forces_eV_per_A, dtype=float)}
+            data = {}
             if result.stress_eV_per_A3 is not None:
-                data["REF_stress"] = np.asarray(result.stress_eV_per_A3)
+                results["stress"] = np.asarray(result.stress_eV_per_A3, dtype=float)  # Voigt 6, as ASE's
+                data["REF_stress"] = results["stress"]
+            atoms.calc = SinglePointCalculator(atoms, **results)
             return self._db.write(atoms, key_value_pairs=kv, data=data)
 
     def training_set(self, **selection) -> list[Atoms]:
@@ -182,8 +190,10 @@ class Store:
             rows = sorted(self._db.select(**selection), key=lambda row: row.task)
         for row in rows:
             a = row.toatoms()
+            a.calc = None  # the labels travel as REF_* keys, so a model's calculator never shadows them
             a.info.update(row.key_value_pairs)
-            a.arrays["REF_forces"] = np.asarray(row.data["REF_forces"])
+            # rows of earlier runs kept forces in data only
+            a.arrays["REF_forces"] = np.asarray(row.data["REF_forces"] if "REF_forces" in row.data else row.forces)
             if "REF_stress" in row.data:
                 a.info["REF_stress"] = np.asarray(row.data["REF_stress"])
             out.append(a)
@@ -193,8 +203,26 @@ class Store:
         with self._lock:
             return self._db.count(**selection)
 
-    def export_dataset(self, name: str = "dataset.xyz") -> Path:
-        return self.write_xyz(name, self.training_set())
+    def export_dataset(self, name: str = "dataset.xyz", sigmas: tuple[float, float, float] | None = None) -> Path:
+        """The training set as extxyz that mace_run_train and gap_fit read unchanged: E0 atoms tagged
+        config_type=IsolatedAtom, weights as MACE's config_energy/forces/stress_weight and as gap_fit's
+        per-configuration energy_sigma/force_sigma/virial_sigma.
+
+        sigmas: gap_fit's default (energy per atom, force, virial per atom) sigmas that a weight w divides;
+        default the GAP model's defaults. As in the fit (tasks/training/gap.py), per-configuration energy
+        and virial sigmas are absolute, so scaled by sqrt(number of atoms)."""
+        if sigmas is None:
+            fields = GAPModelSpec.model_fields
+            sigmas = tuple(fields[k].default for k in ("sigma_energy_eV", "sigma_force_eV_per_A", "sigma_virial_eV"))
+        frames = self.training_set()
+        for a in frames:
+            if a.info.get("config_type") in ISOLATED_ATOM_TYPES:
+                a.info["config_type"] = ISOLATED_ATOM
+            w_e, w_f = float(a.info.get("energy_weight", 1.0)), float(a.info.get("force_weight", 1.0))
+            a.info.update(config_energy_weight=w_e, config_forces_weight=w_f, config_stress_weight=w_e,
+                          energy_sigma=sigmas[0] * np.sqrt(len(a)) / w_e, force_sigma=sigmas[1] / w_f,
+                          virial_sigma=sigmas[2] * np.sqrt(len(a)) / w_e)
+        return self.write_xyz(name, frames)
 
     def write_xyz(self, name: str, frames: list[Atoms]) -> Path:
         """Structures as extxyz at run_dir/name (subdirectories made), written atomically."""

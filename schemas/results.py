@@ -65,6 +65,8 @@ class NEBResult(Strict):
     fmax_initial_eV_per_A: float | None = Field(None, description="largest NEB force on the starting band (step 0)")
     energy_evaluations: int = Field(0, description="energy + force calculations on all images, endpoints included "
                                                    "(with a reference: the reference calls this NEB cost)")
+    forces_eV_per_A: list[list[list[float]]] | None = Field(
+        None, description="per image, per atom, xyz: the forces behind energies_eV (paths/*.xyz carries them)")
 
 
 class MinimaHoppingResult(Strict):

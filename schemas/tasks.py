@@ -450,10 +450,16 @@ class NMRShieldingSpec(TaskBase):
         return self
 
 
+# config_type of the single atoms that give the E0s: MACE's name, so a run's dataset.xyz trains as it is;
+# "isolated_atom", the earlier spelling, is still read (labels.db of earlier runs)
+ISOLATED_ATOM = "IsolatedAtom"
+ISOLATED_ATOM_TYPES = frozenset({ISOLATED_ATOM, "isolated_atom"})
+
+
 class TrainSpec(TaskBase):
     """Fit an MLFF to the labelled structures passed in (info REF_energy, arrays REF_forces, info
     REF_stress, and per-config weights info energy_weight/force_weight). Single atoms with info
-    config_type="isolated_atom" give the per-element E0s; they are not fitted. device "auto" = the
+    config_type="IsolatedAtom" (or "isolated_atom") give the per-element E0s; they are not fitted. device "auto" = the
     site's device for the train executor."""
 
     kind: Literal["train"] = "train"

@@ -212,13 +212,14 @@ def run(spec: NEBSpec, structures: list[Atoms], ctx: TaskContext) -> NEBResult:
         steps += opt.nsteps
         climbing_steps += opt.nsteps if climb else 0
 
-    energies, sigmas = [], []
+    energies, sigmas, image_forces = [], [], []
     for image in images:
         energy = image.get_potential_energy(apply_constraint=False)
         forces = image.get_forces(apply_constraint=False)
         if not (np.isfinite(energy) and np.isfinite(forces).all()):
             raise UnphysicalResult("neb: non-finite MLFF energy/forces on an image")
         energies.append(float(energy))
+        image_forces.append(np.asarray(forces, dtype=float).tolist())
         sigmas.append(float(np.max(image.calc.results.get("sigma_per_atom", [0.0]))))
     fmax = band_fmax(neb, opt)
 
@@ -238,4 +239,5 @@ def run(spec: NEBSpec, structures: list[Atoms], ctx: TaskContext) -> NEBResult:
         fmax_initial_eV_per_A=fmax_initial,
         # a calculation redone with the SCF fallback settings is a second reference call
         energy_evaluations=evaluations[0] + sum(getattr(a.calc, "fallback_calls", 0) for a in images),
+        forces_eV_per_A=image_forces,
     )

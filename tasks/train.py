@@ -4,7 +4,8 @@ labelled structures; each model kind's fit is in tasks/training/<kind>.py, what 
 Input structures carry their labels as info["REF_energy"] (eV), arrays["REF_forces"] (eV/Å), optionally
 info["REF_stress"] (Voigt 6, eV/Å³), and per-configuration weights info["energy_weight"] /
 info["force_weight"] (default 1; the workflows give dimers 1/5). Single-atom configurations with
-info["config_type"] = "isolated_atom" are not fitted: they give the per-element reference energies E0.
+info["config_type"] = "IsolatedAtom" (MACE's name; "isolated_atom" also read) are not fitted: they give the
+per-element reference energies E0.
 Elements without one get E0 from a least-squares fit of the total energies on composition.
 
 gap_fit and mace_run_train run as the real executables from the interpreter's bin directory; their output
@@ -27,13 +28,17 @@ from ase.data import chemical_symbols
 from ase.io import write
 
 from reactforge.schemas.results import TrainResult
-from reactforge.schemas.tasks import ModelRef, TrainSpec
+from reactforge.schemas.tasks import ISOLATED_ATOM, ISOLATED_ATOM_TYPES, ModelRef, TrainSpec
 
 from .context import TaskContext
 from .errors import TaskError, TransientError
 from .structures import plain_atoms
 
-ISOLATED = "isolated_atom"
+ISOLATED, ISOLATED_TYPES = ISOLATED_ATOM, ISOLATED_ATOM_TYPES
+
+
+def is_isolated(atoms: Atoms) -> bool:
+    return atoms.info.get("config_type") in ISOLATED_TYPES
 
 # Imported when used: each fitter module imports the shared pieces below from this one.
 FITTERS = {
@@ -70,7 +75,7 @@ def split_training_set(structures: list[Atoms]) -> tuple[list[Atoms], dict[int, 
         energy = float(atoms.info["REF_energy"])
         if not np.isfinite(energy):
             raise ValueError(f"structure {i}: REF_energy is not finite")
-        if atoms.info.get("config_type") == ISOLATED:
+        if is_isolated(atoms):
             if len(atoms) != 1:
                 raise ValueError(f"structure {i}: config_type={ISOLATED} needs exactly one atom, has {len(atoms)}")
             isolated[int(atoms.numbers[0])] = energy

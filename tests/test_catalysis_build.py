@@ -124,7 +124,7 @@ def test_block0_structures():
     b = build_bulk(p.bulk)
     iso = isolated_atoms(["O", "Mg", "O", "H"], box_A=10.0)
     assert [a.get_chemical_symbols()[0] for a in iso] == ["H", "Mg", "O"]
-    assert all(not a.pbc.any() and a.info["config_type"] == "isolated_atom" for a in iso)
+    assert all(not a.pbc.any() and a.info["config_type"] == "IsolatedAtom" for a in iso)
     cells = rattled_bulk(b.repeat(2), 10, 0.02, 0.01, seed=1)
     assert len(cells) == 10
     strains, disp = [], []

@@ -66,6 +66,9 @@ def _check_run(run_dir: Path, protocol: dict):
         assert len(band) == protocol["parameters"]["b6_neb"]["n_images"] + 2
         e = [a.info["energy_mlff_eV"] for a in band]
         assert max(e) - e[0] == pytest.approx(b["mlff_barrier_eV"], abs=1e-6)
+        # as calculator results too, so `ase nebplot` and `ase gui` read the band as it is
+        assert [a.get_potential_energy() for a in band] == pytest.approx(e)
+        assert all(a.get_forces().shape == (len(a), 3) for a in band)
         if protocol["validation"]["enabled"] and "error" not in summary["validation"][name]:
             assert len(read(run_dir / "paths" / f"{name}.validation.xyz", ":")) == len(band)
 

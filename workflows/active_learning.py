@@ -154,7 +154,9 @@ class Campaign:
         result = self.engine.run(TrainSpec(model=self.model_spec), training)
         kept = self.store.keep_model(result.model.paths, name)
         self.model = result.model.model_copy(update={"paths": kept})
-        self.store.export_dataset()
+        spec = self.model_spec
+        self.store.export_dataset(sigmas=(spec.sigma_energy_eV, spec.sigma_force_eV_per_A, spec.sigma_virial_eV)
+                                  if spec.model == "gap" else None)
         return self.model
 
     # ------------------------------------------------------------------ MD blocks (1-4)

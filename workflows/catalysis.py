@@ -20,15 +20,32 @@ from functools import partial
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
 
 from reactforge.engine.futures import settled, then
 from reactforge.schemas.protocol import BLOCK_NAMES
-from reactforge.schemas.tasks import MDSpec, NEBSpec, OptimiseSpec, SinglePointSpec
+from reactforge.schemas.results import NEBResult
+from reactforge.schemas.tasks import ISOLATED_ATOM, MDSpec, NEBSpec, OptimiseSpec, SinglePointSpec
 
 from . import catalysis_build as build
 from . import sampling, screening
 from .band import perpendicular_fmax
 from .active_learning import SEED_STRIDE, BlockReport, Campaign, Labels
+
+
+def band_frames(images: list[Atoms], info: dict[str, list | None], energies: list | None = None,
+                forces: list | None = None) -> list[Atoms]:
+    """Copies of a band's images with per-image `info`, and energies (with forces, where the NEB kept them)
+    as calculator results: `ase gui` shows the profile and `ase nebplot` fits the band from the file."""
+    frames = []
+    for k, image in enumerate(images):
+        a = image.copy()  # ASE's copy carries no calculator
+        a.info.update({key: values[k] for key, values in info.items() if values is not None and values[k] is not None})
+        if energies is not None and energies[k] is not None and np.isfinite(energies[k]):
+            a.calc = SinglePointCalculator(a, energy=float(energies[k]),
+                                           **({"forces": np.asarray(forces[k], dtype=float)} if forces else {}))
+        frames.append(a)
+    return frames
 
 
 @dataclass(frozen=True)
@@ -86,7 +103,7 @@ class Catalysis:
         self.neb_history: list[dict] = []
         self.paths: dict[str, dict] = {}
         self._bands: dict[tuple[str, int], list[Atoms]] = {}  # (reaction, permutation) -> last MLFF band
-        self._validation_images: dict[str, list[Atoms]] = {}
+        self._validation_images: dict[str, NEBResult] = {}  # the reference NEBs, for paths/*.validation.xyz
 
     # ------------------------------------------------------------------ helpers
     def _md_settings(self, params, fixed: list[int]) -> dict:
@@ -225,7 +242,8 @@ class Catalysis:
             self.progress.log(f"block 6: every NEB of {reaction} failed")
             return None, None, screened
         best = screened.results[k]
-        path = {"images": best.images, "energies_eV": best.energies_eV, "permutation": k,
+        path = {"images": best.images, "energies_eV": best.energies_eV, "forces_eV_per_A": best.forces_eV_per_A,
+                "permutation": k,
                 "barriers_eV": {j: screened.results[j].forward_barrier_eV for j in screened.full
                                 if screened.results.get(j) is not None}}
         sampled = best.images if self.protocol.parameters.b6_neb.label_endpoints else best.images[1:-1]
@@ -281,7 +299,7 @@ class Catalysis:
                           "endpoint_relaxation": [{"steps": o.steps, "converged": o.converged,
                                                    "fmax_eV_per_A": o.fmax_eV_per_A} for o in relaxed[rname]],
                           "reference_calls": res.energy_evaluations + ends_calls}
-            self._validation_images[rname] = res.images
+            self._validation_images[rname] = res
         return out
 
     # ------------------------------------------------------------------ the run
@@ -303,22 +321,20 @@ class Catalysis:
         """paths/<reaction>.xyz: the final MLFF band (MLFF and reference energies per image), and
         paths/<reaction>.validation.xyz: the reference NEB started from it."""
 
-        def save(name: str, images: list[Atoms], info: dict[str, list]):
-            frames = []
-            for k, image in enumerate(images):
-                a = image.copy()  # ASE's copy carries no calculator
-                a.info.update({key: values[k] for key, values in info.items()
-                               if values is not None and values[k] is not None})
-                frames.append(a)
-            self.store.write_xyz(f"paths/{name}", frames)
+        def save(name: str, images: list[Atoms], info: dict[str, list], energies: list | None = None,
+                 forces: list | None = None):
+            self.store.write_xyz(f"paths/{name}", band_frames(images, info, energies, forces))
 
         for rname, path in self.paths.items():
             row = self.barriers.get(rname, {})
             save(f"{rname}.xyz", path["images"], {"energy_mlff_eV": path["energies_eV"],
-                                                 "energy_reference_eV": row.get("reference_energies_eV")})
+                                                 "energy_reference_eV": row.get("reference_energies_eV")},
+                 path["energies_eV"], path.get("forces_eV_per_A"))
             if rname in self._validation_images:
-                save(f"{rname}.validation.xyz", self._validation_images[rname],
-                     {"energy_reference_eV": validation[rname]["reference_energies_eV"]})
+                ref = self._validation_images[rname]
+                save(f"{rname}.validation.xyz", ref.images,
+                     {"energy_reference_eV": validation[rname]["reference_energies_eV"]}, ref.energies_eV,
+                     ref.forces_eV_per_A)
 
     def _report(self, summary: dict):
         from . import report
@@ -368,7 +384,7 @@ def initial_set(cat: Catalysis, name: str, params) -> BlockReport:
     if params.isolated_atoms:
         isolated = build.isolated_atoms(cat.system.elements, params.isolated_box_A)
         labelled.append(cat.campaign.label(isolated, block=name, iteration=0, reason="isolated atom",
-                                           config_type="isolated_atom"))
+                                           config_type=ISOLATED_ATOM))
     labelled.append(cat.campaign.label([cat.system.bulk], block=name, iteration=0, reason="bulk"))
     rattled = build.rattled_bulk(cat.system.bulk, params.n_rattled, params.rattle_sigma_A, params.strain_sigma,
                                  cat.protocol.seed)

@@ -17,6 +17,7 @@ from ase.build import make_supercell, surface
 from ase.constraints import FixAtoms
 
 from reactforge.schemas.loading import read_structure
+from reactforge.schemas.tasks import ISOLATED_ATOM
 from reactforge.schemas.protocol import (
     AtomSite,
     BulkSpec,
@@ -203,7 +204,7 @@ def isolated_atoms(elements: list[str], box_A: float = 12.0) -> list[Atoms]:
     out = []
     for el in sorted(set(elements)):
         a = Atoms(el, positions=[[box_A / 2] * 3], cell=[box_A] * 3, pbc=False)
-        a.info.update(config_type="isolated_atom")
+        a.info.update(config_type=ISOLATED_ATOM)
         out.append(a)
     return out
 

@@ -22,7 +22,7 @@ from ase.constraints import FixAtoms  # noqa: E402
 
 from reactforge.engine.store import atomic_file, atomic_write_text  # noqa: E402
 from reactforge.schemas.protocol import BLOCK_NAMES  # noqa: E402
-from reactforge.schemas.tasks import EvaluateSpec  # noqa: E402
+from reactforge.schemas.tasks import ISOLATED_ATOM_TYPES, EvaluateSpec  # noqa: E402
 
 from .catalysis import BLOCKS  # noqa: E402
 
@@ -260,7 +260,7 @@ def fitted_configurations(training_set: Sequence) -> list:
     """The labelled structures a parity plot compares: isolated atoms are left out (they set the E0s
     rather than being fitted configurations)."""
     return [a for a in training_set if "REF_energy" in a.info and "REF_forces" in a.arrays
-            and a.info.get("config_type") != "isolated_atom"]
+            and a.info.get("config_type") not in ISOLATED_ATOM_TYPES]
 
 
 def parity_rows(structures: Sequence, mlff_energies_eV: Sequence[float],
