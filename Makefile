@@ -41,7 +41,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 bench: setup
-	$(PY) benchmarks/engine_overhead.py
+	$(PY) benchmarks/engine.py
 
 clean-venv:
 	rm -rf $(VENV)
