@@ -266,6 +266,7 @@ class Catalysis:
         names = [r.name for r in self.protocol.reactions if r.name in self.paths]
         bands = {n: list(self.paths[n]["images"]) for n in names}
         relaxed: dict[str, list] = {n: [] for n in names}
+        end_errors: dict[str, list[str]] = {n: [] for n in names}
         if settings.relax_endpoints:
             self.progress.set_stage(f"validation: relaxing {2 * len(names)} reaction endpoints on the reference")
             spec = OptimiseSpec(reference=self.protocol.reference, fmax_eV_per_A=settings.fmax_eV_per_A,
@@ -278,6 +279,7 @@ class Catalysis:
                     relaxed[n].append(f.result())
                 else:
                     self.progress.log(f"validation: reference relaxation of a {n} endpoint failed: {f.exception()}")
+                    end_errors[n].append(str(f.exception()))
         futures = {}
         for n in names:
             spec = self._neb_spec(reference=self.protocol.reference, fmax_eV_per_A=settings.fmax_eV_per_A,
@@ -296,6 +298,7 @@ class Catalysis:
                           "converged": res.converged, "reference_barrier_eV": res.forward_barrier_eV,
                           "reference_energies_eV": res.energies_eV,
                           "endpoints_relaxed": len(relaxed[rname]) == 2,
+                          "endpoint_errors": end_errors[rname],  # an end whose relaxation failed stays the MLFF's
                           "endpoint_relaxation": [{"steps": o.steps, "converged": o.converged,
                                                    "fmax_eV_per_A": o.fmax_eV_per_A} for o in relaxed[rname]],
                           "reference_calls": res.energy_evaluations + ends_calls}
