@@ -99,7 +99,8 @@ def test_installed_command_checks_the_shipped_quickstart_from_another_folder(ins
 def test_installed_command_exits_2_on_a_bad_protocol(install, tmp_path):
     _, _, bin_dir = install
     bad = tmp_path / "bad.yaml"
-    bad.write_text("workflow: catalysis\nname: x\nsigma_thr_eV: -1\n")
+    shipped = (Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml").read_text()
+    bad.write_text(shipped.replace("\nsigma_thr_eV: 0.05", "\nsigma_thr_eV: -1"))  # one bad field, the rest valid
     p = _run([bin_dir / "reactforge", "check", "--site", "local-htex", bad], cwd=tmp_path)
     assert p.returncode == 2
     assert str(bad) in p.stderr and "sigma_thr_eV" in p.stderr
