@@ -54,7 +54,7 @@ def _done(run_dir: Path) -> set[str]:
 def _labels(run_dir: Path) -> dict[str, tuple[float, list]]:
     from ase.db import connect
 
-    return {row.task: (row.REF_energy, row.data["REF_forces"].ravel().tolist())
+    return {row.task: (row.REF_energy, row.toatoms().get_forces(apply_constraint=False).ravel().tolist())
             for row in connect(run_dir / "labels.db").select()}
 
 

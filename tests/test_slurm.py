@@ -221,6 +221,7 @@ def test_only_the_run_dir_coordinator_cancels_and_only_jobs_still_under_their_re
         subprocess.run(["scancel", ours, other])
 
 
+@pytest.mark.slow  # the node holder does not always keep the block pending here (oversubscribed partitions)
 @pytest.mark.timeout(180)
 def test_a_task_waiting_for_a_pending_block_counts_as_queued_not_running(slurm, tmp_path):
     """Parsl calls a task `launched` once its executor has it; while the block waits in the SLURM queue the
@@ -239,6 +240,10 @@ def test_a_task_waiting_for_a_pending_block_counts_as_queued_not_running(slurm, 
                              "--wrap", "sleep 300"], capture_output=True, text=True, timeout=60, check=True)
     holder_id = holder.stdout.strip().split(";")[0]
     try:
+        deadline = time.time() + 60  # the holder must hold the node before the task's block is asked for
+        while not any(line.split()[:1] == [holder_id] and line.split()[2] == "RUNNING" for line in _squeue()):
+            assert time.time() < deadline, f"the node holder did not start: {_squeue()}"
+            time.sleep(0.5)
         with Engine(site, tmp_path / "run") as engine:
             future = engine.submit(ProbeSpec(tag=1), [])
             deadline = time.time() + 90
