@@ -50,20 +50,6 @@ class Journal:
             row = self._db.execute("SELECT result FROM tasks WHERE hash=? AND status='done'", (key,)).fetchone()
         return row[0] if row else None
 
-    def failure(self, key: str) -> tuple[str, str] | None:
-        """(failure class, error) of a task recorded as failed, else None."""
-        with self._lock:
-            row = self._db.execute("SELECT failure_class, error FROM tasks WHERE hash=? AND status='failed'",
-                                   (key,)).fetchone()
-        return (row[0], row[1]) if row else None
-
-    def interrupted_failure(self, key: str) -> str | None:
-        """The failure class of the last attempt of a task that never finished (its coordinator died)."""
-        with self._lock:
-            row = self._db.execute("SELECT failure_class FROM tasks WHERE hash=? AND status='submitted'",
-                                   (key,)).fetchone()
-        return row[0] if row else None
-
     def submitted(self, key: str, kind: str, executor: str, spec_json: str) -> None:
         with self._lock:
             self._db.execute(
