@@ -19,9 +19,9 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
-import statistics
 import time
 from pathlib import Path
 
@@ -42,7 +42,7 @@ def run_fresh(seed: int) -> tuple[dict, float, Path]:
     t0 = time.time()
     p = subprocess.run([sys.executable, str(ROOT / "run.py"), "--site", "local-htex", "--run-dir", str(run_dir),
                         "--force-new", "--no-live", str(protocol)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     wall = time.time() - t0
     if p.returncode != 0:
         sys.exit(f"quickstart failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
