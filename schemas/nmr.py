@@ -95,6 +95,16 @@ class NMRSpectrumSettings(Strict):
     experimental: str | None = Field(None, description="two-column file (ppm, intensity)")
     score_window_ppm: tuple[float, float] | None = Field(None, description="ppm range scored against experiment")
 
+    @model_validator(mode="after")
+    def _isotope_known(self):
+        # nuclear data (γ, spin, Q) come from soprano's table: an isotope it lacks fails here, not mid-run
+        from reactforge.tasks.nmr.tensors import isotope_data
+
+        data = isotope_data(self.isotope)
+        if data.element != self.element:
+            raise ValueError(f"isotope {self.isotope} is not of element {self.element!r}")
+        return self
+
 
 class PrecomputedMinimum(Strict):
     """One minimum given as magres files: its structure (static) and, optionally, MD samples."""

@@ -103,3 +103,20 @@ def test_average_input_validation():
         averaging.average_tensors(np.zeros((3, 3)))
     with pytest.raises(ValueError, match="weights"):
         averaging.average_tensors(np.zeros((2, 1, 3, 3)), weights=[1.0, -1.0])
+
+
+def test_isotope_data_from_soprano_covers_quadrupolar_metals():
+    """Nuclear data come from soprano's table, including nuclei a short hand-kept table lacked."""
+    zn, mg, zr = (tensors.isotope_data(i) for i in ("67Zn", "25Mg", "91Zr"))
+    assert (zn.spin, mg.spin, zr.spin) == (2.5, 2.5, 2.5)
+    assert zn.quadrupole_moment_fm2 == pytest.approx(15.0) and mg.quadrupole_moment_fm2 == pytest.approx(19.94)
+    assert tensors.isotope_data("1H").gamma_MHz_per_T == pytest.approx(42.5775, abs=1e-3)
+    assert tensors.larmor_Hz("17O", 23.5) == pytest.approx(5.7743e6 * 23.5, rel=1e-4)
+    # C_Q scales with the nucleus' quadrupole moment: the same EFG on 67Zn and on 17O
+    efg = np.diag([0.1, 0.2, -0.3])
+    assert tensors.cq_Hz(efg, "67Zn") / tensors.cq_Hz(efg, "17O") == pytest.approx(15.0 / -2.558)
+    for bad in ("O17", "18O", "17Xx"):
+        with pytest.raises(ValueError, match="isotope"):
+            tensors.isotope_data(bad)
+    with pytest.raises(ValueError, match="spin 1/2"):
+        tensors.cq_Hz(efg, "13C")

@@ -88,6 +88,13 @@ def test_protocol_validation():
     with pytest.raises(ValueError, match="extra"):
         NMRProtocol.model_validate({"workflow": "nmr", "name": "x", "spectrum": {"sigma_ref_ppm": 1.0, "B0": 9.4},
                                     "precomputed": [{"static": "a"}]})
+    # an isotope without NMR data, or of another element than the one observed, stops at validation
+    for spectrum, message in (({"isotope": "18O"}, "no NMR data"), ({"isotope": "67Zn"}, "not of element 'O'")):
+        with pytest.raises(ValueError, match=message):
+            NMRProtocol.model_validate({"workflow": "nmr", "name": "x", "precomputed": [{"static": "a"}],
+                                        "spectrum": {"sigma_ref_ppm": 1.0, **spectrum}})
+    NMRProtocol.model_validate({"workflow": "nmr", "name": "x", "precomputed": [{"static": "a"}],
+                                "spectrum": {"sigma_ref_ppm": 1.0, "isotope": "67Zn", "element": "Zn"}})
 
 
 def test_example_protocols_validate():

@@ -265,7 +265,7 @@ class NMRWorkflow:
     @property
     def quadrupolar(self) -> bool:
         """Half-integer spin ≥ 3/2: the central transition carries the second-order quadrupolar shift."""
-        return tensors.SPIN.get(self.p.spectrum.isotope, 0.5) >= 1.5
+        return tensors.isotope_data(self.p.spectrum.isotope).spin >= 1.5
 
     def site_table(self, static, fast) -> list[dict]:
         s = self.p.spectrum

@@ -54,7 +54,7 @@ def nucleus_spectra(
 
     delta_ppm: (n_states, n_nuclei, 3, 3) shift tensors δ = σ_ref − σ; Q_Hz: same shape (eQV/h) or None.
     """
-    from .tensors import SPIN, larmor_Hz
+    from .tensors import isotope_data, larmor_Hz
 
     delta_ppm = np.asarray(delta_ppm, dtype=float)
     if delta_ppm.ndim != 4 or delta_ppm.shape[-2:] != (3, 3):
@@ -69,7 +69,7 @@ def nucleus_spectra(
     for a in range(n_nuc):
         f = powder.site_freqs_Hz(
             dirs, nu0, delta_ppm[:, a], None if Q_Hz is None else np.asarray(Q_Hz)[:, a],
-            spin=SPIN.get(exp.isotope, 0.5), mas=exp.mas,
+            spin=isotope_data(exp.isotope).spin, mas=exp.mas,
         )
         # per ppm rather than per Hz, so panels on the ppm axis integrate to the nucleus count
         out[a] = exchange.lineshape(f, K, p_eq, axis_Hz, exp.fwhm_Hz, w) * nu0 * 1e-6

@@ -11,6 +11,8 @@ Conventions follow soprano (the CCP-NC reference implementation):
 """
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +20,34 @@ import numpy as np
 from ase import Atoms
 from scipy import constants as C
 
-# Nuclear quadrupole moments in fm² (Pyykkö 2018; 17O as used by soprano and CASTEP).
-QUADRUPOLE_MOMENT_FM2 = {"17O": -2.558, "2H": 0.286, "14N": 2.044, "23Na": 10.4, "27Al": 14.66, "35Cl": -8.165}
-# Gyromagnetic ratios γ/2π in MHz/T (sign kept; spectra use |ν0| since the ppm axis does not depend on it).
-GAMMA_MHZ_PER_T = {"17O": -5.7742, "1H": 42.5774, "13C": 10.7084, "15N": -4.3173, "2H": 6.5359,
-                   "23Na": 11.2688, "27Al": 11.1031}
-SPIN = {"17O": 2.5, "1H": 0.5, "13C": 0.5, "15N": 0.5, "2H": 1.0, "23Na": 1.5, "27Al": 2.5}
+
+@dataclass(frozen=True)
+class Isotope:
+    """Nuclear data of one isotope, from soprano's table (CCP-NC; IUPAC γ, Pyykkö 2018 quadrupole moments)."""
+
+    element: str
+    mass_number: int
+    gamma_MHz_per_T: float  # γ/2π, sign kept; spectra use |ν0| since the ppm axis does not depend on it
+    spin: float
+    quadrupole_moment_fm2: float  # 0 for I = 1/2
+
+
+@functools.cache
+def isotope_data(name: str) -> Isotope:
+    """'17O', '67Zn', '2H' … -> its nuclear data; an isotope soprano has no data for is an error."""
+    from soprano.data.nmr import nmr_gamma, nmr_quadrupole, nmr_spin
+
+    m = re.fullmatch(r"(\d+)([A-Z][a-z]?)", name)
+    if m is None:
+        raise ValueError(f"isotope {name!r}: expected mass number then element, e.g. '17O' or '67Zn'")
+    mass, element = int(m.group(1)), m.group(2)
+    try:
+        gamma = nmr_gamma(element, mass) / (2 * np.pi * 1e6)
+        spin, q_mb = nmr_spin(element, mass), nmr_quadrupole(element, mass)
+    except RuntimeError as exc:  # soprano's "no NMR data" / "does not exist for isotope"
+        raise ValueError(f"isotope {name!r}: no NMR data ({str(exc).splitlines()[0]})") from None
+    return Isotope(element, mass, float(gamma), float(spin), float(q_mb) / 10.0)  # 1 mb = 0.1 fm²
+
 
 # 1 atomic unit of electric field gradient in V/m².
 EFG_AU_V_PER_M2 = C.physical_constants["atomic unit of electric field gradient"][0]
@@ -97,15 +121,12 @@ def efg_principal(efg: np.ndarray) -> np.ndarray:
     return np.take_along_axis(ev, order, axis=-1)
 
 
-def _lookup(table: dict, isotope: str, what: str):
-    if isotope not in table:
-        raise ValueError(f"no {what} for isotope {isotope!r}; known: {sorted(table)}")
-    return table[isotope]
-
-
 def quadrupole_tensor_Hz(efg_au: np.ndarray, isotope: str = "17O") -> np.ndarray:
     """e Q V / h in Hz (…, 3, 3): the EFG in frequency units; its V_zz component is C_Q."""
-    q_m2 = _lookup(QUADRUPOLE_MOMENT_FM2, isotope, "quadrupole moment") * 1e-30
+    q = isotope_data(isotope).quadrupole_moment_fm2
+    if q == 0:
+        raise ValueError(f"{isotope} has spin 1/2: no quadrupole moment, no EFG coupling")
+    q_m2 = q * 1e-30
     return symmetric(efg_au) * EFG_AU_V_PER_M2 * C.e * q_m2 / C.h
 
 
@@ -122,7 +143,7 @@ def eta_q(efg_au: np.ndarray) -> np.ndarray:
 
 def larmor_Hz(isotope: str, field_T: float) -> float:
     """|ν0| = |γ/2π| B0 in Hz."""
-    return abs(_lookup(GAMMA_MHZ_PER_T, isotope, "gyromagnetic ratio")) * 1e6 * field_T
+    return abs(isotope_data(isotope).gamma_MHz_per_T) * 1e6 * field_T
 
 
 def rotate(t: np.ndarray, R: np.ndarray) -> np.ndarray:
