@@ -1,7 +1,8 @@
 """The command line: `reactforge` (installed) and `python run.py` (a checkout) are the same.
 
     reactforge run --site archer2 protocol.yaml     run a protocol on a site; the same command resumes it
-    reactforge check --site archer2 protocol.yaml   validate, print the plan and what the site would start
+    reactforge check --site archer2 protocol.yaml   validate, print the plan and what the site would start;
+                                                    write what it built to RUN_DIR/preview (--no-preview: not)
     reactforge report runs/NAME                     rewrite a catalysis run's report/ from its files
     reactforge examples [DEST]                      list the shipped example protocols, or copy them to DEST
     reactforge export-schema [DIR]                  write the JSON Schemas of protocol and site files
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import shutil
 import sys
 import tempfile
@@ -105,7 +107,41 @@ def check(args) -> int:
                 script = render_submit_script(site, label, Path(tmp)).replace(tmp, "<submit_scripts>")
                 print(f"  {label} submit script (one per block):")
                 print("\n".join(f"    {ln}".rstrip() for ln in script.strip("\n").splitlines()))
+    if getattr(args, "preview", True):
+        folder = args.preview_dir or run_dir / "preview"
+        if files := _write_preview(protocol, folder, path):
+            print(f"preview (structures as built, before any reference call) in {folder}:")
+            print("\n".join(f"  {f.relative_to(folder)}" for f in files))
     return 0
+
+
+def _write_preview(protocol, folder: Path, protocol_file: Path) -> list[Path]:
+    """workflows/preview.py's files, written into a staging folder beside `folder` and swapped in whole:
+    a structure that fails to build leaves nothing, and files of an earlier preview (a renamed
+    intermediate's) do not linger. An existing folder is replaced only if it is a preview."""
+    from reactforge.workflows.preview import write_preview
+
+    if folder.exists() and not (folder / "overview.png").is_file():
+        raise InputError(folder, ["exists and holds no preview (no overview.png); choose another --preview DIR"])
+    staging = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    made = [d for d in (folder.parent, *folder.parent.parents) if not d.exists()]  # the run directory, say
+    try:
+        files = write_preview(protocol, staging)
+        if files:
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            if folder.exists():
+                folder.rename(old)
+            staging.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+    except (ValueError, OSError) as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        for d in made:  # deepest first: folders this check made stay only with a preview in them
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise InputError(protocol_file, [f"preview: {err}"]) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [folder / f.relative_to(staging) for f in files]
 
 
 def run(args) -> int:
@@ -267,6 +303,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("protocol", help="protocol YAML, or the name of a shipped example (see `examples`)")
         p.add_argument("--site", default="local", help="a name in site-configs/ or a path to a site YAML (default local)")
         p.add_argument("--run-dir", type=Path, help="run directory (default runs/<protocol name>)")
+        p.add_argument("--preview", dest="preview_dir", type=Path, metavar="DIR",
+                       help="check: where the preview goes (default RUN_DIR/preview)")
+        p.add_argument("--no-preview", dest="preview", action="store_false", help="check: write no preview")
         if check_flag:
             p.add_argument("--check", action="store_true", help="the same as `reactforge check`: run nothing")
             p.add_argument("--force-new", action="store_true", help="move an existing run of another protocol aside")
@@ -275,7 +314,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a protocol (the same command resumes it)")
     with_protocol(p, check_flag=True)
     p.set_defaults(func=run)
-    p = sub.add_parser("check", help="validate, print the plan and the executors (and SLURM lines); run nothing")
+    p = sub.add_parser("check", help="validate, print the plan and the executors (and SLURM lines), write a "
+                                    "preview of the structures; run nothing")
     with_protocol(p, check_flag=False)
     p.set_defaults(func=check)
     p = sub.add_parser("report", help="rewrite a catalysis run's report/ (figures, index.html) from its files")

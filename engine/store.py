@@ -11,6 +11,7 @@
       models/                          trained models (copies named by block and iteration)
       summary.json                     results for people and scripts
       report/                          figures and index.html
+      preview/                         `reactforge check`'s structures as built (workflows/preview.py)
 
 Only successful reference results reach `add_label`. Every file is written through `atomic_file`: to a
 temporary name beside its destination, renamed over it (os.replace) only once complete, so a reader or a
@@ -105,7 +106,8 @@ class Store:
         if run_dir.exists() and not run_dir.is_dir():
             raise ProtocolMismatch(f"{run_dir} is a file, not a run directory; choose another --run-dir")
         if not stamp.exists():
-            if run_dir.is_dir() and any(p.name != "coordinator.lock" for p in run_dir.iterdir()):
+            # preview/ is what `reactforge check` wrote into the run directory it would use
+            if run_dir.is_dir() and any(p.name not in ("coordinator.lock", "preview") for p in run_dir.iterdir()):
                 raise ProtocolMismatch(f"{run_dir} is not empty and holds no reactforge run (no protocol.sha256); "
                                        "choose another --run-dir")
             run_dir.mkdir(parents=True, exist_ok=True)
