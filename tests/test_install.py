@@ -88,7 +88,9 @@ def test_installed_command_checks_the_shipped_quickstart_from_another_folder(ins
     assert f"protocol {quickstart} (workflow catalysis) is valid" in p.stdout
     assert "plan:" in p.stdout and "block 6 (neb)" in p.stdout
     assert f"site local-htex ({installed.parent / 'site-configs' / 'local-htex.yaml'}) would start:" in p.stdout
-    assert not (tmp_path / "runs").exists()  # a check writes nothing
+    # a check writes only its preview of the structures, into the run directory it would use
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["quickstart-zno-vacancy"]
+    assert [p.name for p in (tmp_path / "runs" / "quickstart-zno-vacancy").iterdir()] == ["preview"]
 
     # every shipped example validates as installed (its structure files are package data too)
     for example in ("singlepoints", "nmr_precomputed", "in2o3-co2-hydrogenation"):
