@@ -203,7 +203,11 @@ class Block0Initial(Strict):
     """Block 0: isolated atoms (E0s), the bulk cell, rattled + deformed bulk cells."""
 
     isolated_atoms: bool = Field(True, description="label each element alone in a box (GAP/MACE E0s)")
-    isolated_box_A: float = Field(12.0, gt=0, description="cubic box edge for isolated atoms")
+    isolated_box_A: float = Field(12.0, gt=0, description="cubic box edge for isolated atoms and the gas references")
+    gas_fmax_eV_per_A: float = Field(
+        0.01, gt=0, description="reference relaxation of each gas reference (`gas_references`) to this max force"
+    )
+    gas_max_steps: int = Field(200, ge=1, description="BFGS steps allowed for each gas reference's relaxation")
     n_rattled: int = Field(10, ge=0, description="rattled + deformed bulk copies")
     rattle_sigma_A: float = Field(0.02, ge=0, description="Gaussian displacement std of every atom")
     strain_sigma: float = Field(0.01, ge=0, description="Gaussian std of the symmetric strain components")
@@ -401,6 +405,12 @@ class Protocol(ProtocolFile):
                                     "{kind: site_index, index: N} keeps the slab whole (metal surfaces)")
     intermediates: dict[str, IntermediateSpec] = Field(..., min_length=1)
     reactions: list[ReactionSpec] = Field(default_factory=list)
+    gas_references: list[str] | None = Field(
+        None, description="gas-phase molecules (ase.build.molecule names, or an element for its free atom) "
+        "whose chemical potentials adsorption energies are referred to: relaxed with the reference in block 0, "
+        "one per element, independent (H2, H2O, CO2 fix μ of H, O, C). Null: chosen from the adsorbate "
+        "elements (H -> H2, O -> H2O, C -> CO2, N -> N2, any other -> its free atom); []: no adsorption energies"
+    )
     reference: Reference = XTBReference()
     model: ModelSpec = GAPModelSpec()
     sigma_thr_eV: float = Field(0.05, gt=0, description="σ_thr: per-atom σ that interrupts a simulation (50 meV)")
@@ -427,6 +437,24 @@ class Protocol(ProtocolFile):
         if bad:
             raise ValueError(f"unknown block(s) {bad}; blocks are 0-6")
         return sorted(set(v))
+
+    @field_validator("gas_references")
+    @classmethod
+    def _known_molecules(cls, v: list[str] | None) -> list[str] | None:
+        from ase.build import molecule
+        from ase.data import chemical_symbols
+
+        # whether they fix every adsorbate element's μ is checked on the built system (workflows/adsorption.py)
+        for name in v or []:
+            if name not in chemical_symbols[1:]:
+                try:
+                    molecule(name)
+                except KeyError:
+                    raise ValueError(f"{name!r} is neither an element nor an ase.build.molecule name (g2: e.g. "
+                                     "'H2', 'H2O', 'CO2', 'N2', 'NH3', 'CH4')") from None
+        if len(set(v or [])) != len(v or []):
+            raise ValueError("a molecule is named twice")
+        return v
 
     @model_validator(mode="after")
     def _reactions_connect_intermediates(self):
