@@ -1,10 +1,12 @@
 """The automated catalysis training protocol (thesis §3.3, Fig. 3.3), block by block.
 
-0 initial set -> 1 bulk MD -> 2 surface MD -> 3 adsorbate seed (dimers, placements) + MD
+0 initial set (+ gas references) -> 1 bulk MD -> 2 surface MD -> 3 adsorbate seed (dimers, placements) + MD
 -> 4 adsorbate MD -> 5 geometry optimisation -> 6 NEB over like-atom permutations -> validation.
 
 Every block iterates simulate -> sample -> label -> retrain (workflows/active_learning.py) until its
 termination criterion holds. Labels carry block, iteration and the reason they were sampled.
+Blocks 5 and 6 also give each iteration's adsorption energies with the MLFF and the reference
+(workflows/adsorption.py: μ from block 0's gas references, the bare site slab relaxed alongside).
 
 The protocol is the table `BLOCKS` (end of this file): each entry is a block's number, its figure
 title, its section of `protocol.parameters`, the line `plan()` prints for it and the function that
@@ -13,6 +15,7 @@ entry there plus, in schemas/protocol.py, its parameter section and its name in 
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
@@ -22,13 +25,15 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from reactforge.engine.engine import TaskFailed
 from reactforge.engine.futures import settled, then
 from reactforge.schemas.protocol import BLOCK_NAMES
-from reactforge.schemas.results import NEBResult
-from reactforge.schemas.tasks import ISOLATED_ATOM, MDSpec, NEBSpec, OptimiseSpec, SinglePointSpec
+from reactforge.schemas.results import NEBResult, OptimiseResult
+from reactforge.schemas.tasks import ISOLATED_ATOM, EvaluateSpec, MDSpec, NEBSpec, OptimiseSpec, SinglePointSpec
 
+from . import adsorption, sampling, screening
 from . import catalysis_build as build
-from . import sampling, screening
+from .adsorption import SITE_SLAB
 from .band import perpendicular_fmax
 from .active_learning import SEED_STRIDE, BlockReport, Campaign, Labels
 
@@ -67,9 +72,22 @@ class Block:
         return getattr(protocol.parameters, self.parameters)
 
 
+def gas_references(protocol, system) -> list[str]:
+    """The gas references of the protocol's adsorbates: its `gas_references`, or the defaults for its
+    adsorbate elements. ValueError naming the field when they do not fix every adsorbate element's μ."""
+    elements = system.adsorbate_elements()
+    names = protocol.gas_references
+    if names is None:
+        names = adsorption.default_references(elements)
+    if names:
+        adsorption.check_references(names, elements)
+    return list(names)
+
+
 def plan(protocol) -> list[str]:
     """What --check prints: the system built from the protocol and what each block will run."""
     system = build.build_system(protocol)
+    gas = gas_references(protocol, system)
     lines = [f"system: bulk {system.bulk.get_chemical_formula()} ({len(system.bulk)} atoms), slab "
              f"{len(system.slab)} atoms, active-site slab {len(system.site_slab)} atoms, elements "
              f"{', '.join(system.elements)}; reference {protocol.reference.code}, model {protocol.model.model}, "
@@ -85,6 +103,9 @@ def plan(protocol) -> list[str]:
                                                 idx, neb.permutation_limit, neb.permutations_kept))
         lines.append(f"  reaction {r.name}: {r.initial} -> {r.final}, {n} like-atom permutation(s)")
     lines.append(f"validation (reference NEB from the MLFF path): {'on' if protocol.validation.enabled else 'off'}")
+    lines.append(f"adsorption energies: μ of {', '.join(system.adsorbate_elements())} from {', '.join(gas)} "
+                 "(block 0), the bare site slab relaxed in blocks 5-6" if gas else
+                 "adsorption energies: off (gas_references: [])")
     return lines
 
 
@@ -104,6 +125,15 @@ class Catalysis:
         self.paths: dict[str, dict] = {}
         self._bands: dict[tuple[str, int], list[Atoms]] = {}  # (reaction, permutation) -> last MLFF band
         self._validation_images: dict[str, NEBResult] = {}  # the reference NEBs, for paths/*.validation.xyz
+        # adsorption energies: the gas references block 0 relaxes, μ from their reference energies, and
+        # each block-5/6 iteration's rows (workflows/adsorption.py)
+        self.gas_names = gas_references(protocol, self.system)
+        self.gas: dict[str, dict] = {}  # name -> {"atoms", "reference_eV", ...} or {"error"}
+        self.mu: dict[str, float] | None = None  # the reference's, for both methods' E_ads
+        n_site = len(self.system.site_slab)
+        self.adsorbates = {n: dict(Counter(a.get_chemical_symbols()[n_site:]))
+                           for n, a in self.system.intermediates.items()}
+        self.adsorption_iterations: list[dict] = []
 
     # ------------------------------------------------------------------ helpers
     def _md_settings(self, params, fixed: list[int]) -> dict:
@@ -118,6 +148,94 @@ class Catalysis:
         self.progress.log(f"{report.name}: {report.iterations} iteration(s), {report.labels_added} labels, "
                           f"termination {'met' if report.termination_met else 'NOT met'} "
                           f"(criterion value {report.criterion_value})")
+
+    # ------------------------------------------------------------------ block 0: gas references
+    def _relax_gas(self, params) -> dict[str, Future]:
+        """Reference relaxations of the gas molecules in a box (a free atom has nothing to relax)."""
+        spec = OptimiseSpec(reference=self.protocol.reference, fmax_eV_per_A=params.gas_fmax_eV_per_A,
+                            max_steps=params.gas_max_steps)
+        return {n: self.engine.submit(spec, [adsorption.gas_atoms(n, params.isolated_box_A)])
+                for n in self.gas_names if not adsorption.is_atom(n)}
+
+    def _gas_energies(self, params, relaxing: dict[str, Future], isolated: Labels | None) -> int:
+        """The gas references' reference energies: a single point at each relaxed geometry (the same
+        force-consistent energy as every label), a free atom's from block 0's isolated atom when there is
+        one; then the reference μ. Returns the reference calls (relaxation steps and single points).
+
+        They are not labels: thesis Table A.1 has no gas molecule, and in the quickstart the first GAP
+        fit aborts on them (one H–H distance is too few for gap_fit's uniform 2-body sparsification)."""
+        calls, finals = 0, {}
+        for n, f in relaxing.items():
+            if f.exception() is not None:
+                self.gas[n] = {"error": str(f.exception())}
+                self.progress.log(f"block 0: reference relaxation of gas reference {n} failed: {f.exception()}")
+                continue
+            res: OptimiseResult = f.result()
+            calls += len(res.energies_eV)
+            finals[n] = res.final
+            self.gas[n] = {"relaxation": {"steps": res.steps, "converged": res.converged,
+                                          "fmax_eV_per_A": res.fmax_eV_per_A, "reference_calls": len(res.energies_eV)}}
+        elements = sorted(set(self.system.elements))
+        results = {}
+        for n in (n for n in self.gas_names if adsorption.is_atom(n)):
+            self.gas[n] = {"relaxation": None}  # nothing to relax
+            if isolated is not None:
+                results[n] = isolated.results()[elements.index(n)]
+            else:
+                finals[n] = adsorption.gas_atoms(n, params.isolated_box_A)
+        spec = SinglePointSpec(reference=self.protocol.reference)
+        points = {n: self.engine.submit(spec, [a]) for n, a in finals.items()}
+        wait(points.values())
+        calls += len(points)
+        results.update({n: settled(f) for n, f in points.items()})
+        for n, res in results.items():
+            if res is None:
+                self.gas[n] = {"error": "its reference single point failed"}
+                continue
+            self.gas[n].update(atoms=res.atoms, reference_eV=res.energy_eV, composition=adsorption.composition(n))
+        if self.gas_names and all("reference_eV" in self.gas[n] for n in self.gas_names):
+            self.mu = adsorption.chemical_potentials({n: self.gas[n]["reference_eV"] for n in self.gas_names})
+        return calls
+
+    def _record_adsorption(self, block: str, iteration: int, mlff_eV: dict, reference_eV: dict) -> None:
+        """One iteration's adsorption energies from the minima's MLFF and reference energies (the bare
+        site slab's under SITE_SLAB), both with the reference μ. The μ the model would give (its energies
+        of the gas references at their reference geometries, one evaluate task) are recorded beside
+        them: how far it is from the gas phase it was never fitted to. The model must be the one that
+        relaxed the minima: call before retraining."""
+        if self.mu is None:
+            return  # no gas references (gas_references: [], block 0 not run, or one failed)
+        names = self.gas_names
+        try:
+            result = self.engine.run(EvaluateSpec(model=self.campaign.model), [self.gas[n]["atoms"] for n in names])
+            mu_mlff = adsorption.chemical_potentials(dict(zip(names, result.energies_eV)))
+        except TaskFailed as err:
+            self.progress.log(f"{block} iteration {iteration}: MLFF energies of the gas references failed: {err}")
+            mu_mlff = None
+        site = (mlff_eV.get(SITE_SLAB), reference_eV.get(SITE_SLAB))
+        rows = adsorption.adsorption_rows(self.adsorbates, mlff_eV, reference_eV, site, self.mu)
+        mae = adsorption.mean_absolute_error(rows)
+        self.adsorption_iterations.append({"block": block, "iteration": iteration, "intermediates": rows,
+                                           "mae_eV": mae, "site_slab": {"mlff_eV": site[0], "reference_eV": site[1]},
+                                           "chemical_potentials_mlff_eV": mu_mlff})
+        if mae is not None:
+            self.progress.log(f"{block} iteration {iteration}: adsorption energy MAE {mae * 1000:.0f} meV over "
+                              f"{sum(r['error_eV'] is not None for r in rows.values())} intermediate(s)")
+
+    def _adsorption_summary(self, barriers: list[dict]) -> dict | None:
+        """summary.json's `adsorption`: the gas references and μ, every iteration's rows and MAE, the last
+        iteration's rows as `final`, and the mechanism on one axis from them and the barrier table (its
+        reference barrier is the validation's where there is one)."""
+        if not self.gas_names:
+            return None
+        gas = {n: {k: v for k, v in self.gas[n].items() if k != "atoms"} for n in self.gas_names if n in self.gas}
+        final = self.adsorption_iterations[-1]["intermediates"] if self.adsorption_iterations else {}
+        steps = [(r.name, r.initial, r.final) for r in self.protocol.reactions]
+        table = {b["reaction"]: (b["mlff_barrier_eV"], b["reference_barrier_eV"]) for b in barriers}
+        return {"gas_references": gas, "chemical_potentials_eV": self.mu,
+                "iterations": self.adsorption_iterations, "final": final,
+                "mae_eV": self.adsorption_iterations[-1]["mae_eV"] if self.adsorption_iterations else None,
+                "profile": adsorption.mechanism_profile(steps, final, table) if final else []}
 
     # ------------------------------------------------------------------ block 3
     def _reference_forces(self, atoms: Atoms) -> np.ndarray:
@@ -146,13 +264,14 @@ class Catalysis:
                             sigma_thr_eV=self.protocol.sigma_thr_eV, stop_on_breach=stop_on_breach)
 
     # ------------------------------------------------------------------ block 6
-    def _relax_ends(self, ends: dict[str, Atoms]) -> dict[str, Atoms]:
+    def _relax_ends(self, ends: dict[str, Atoms]) -> dict[str, OptimiseResult | None]:
         """Endpoints re-optimised with the model the NEBs use: block 5's minima belong to an earlier
-        model, and a band between points that are not minima of its model has no defined barrier."""
+        model, and a band between points that are not minima of its model has no defined barrier.
+        None where the optimisation failed (the end stays as it was)."""
         spec = self._optimise_spec(stop_on_breach=False)
         futures = {n: self.engine.submit(spec, [a]) for n, a in ends.items()}
         wait(futures.values())
-        return {n: f.result().final if f.exception() is None else ends[n] for n, f in futures.items()}
+        return {n: settled(f) for n, f in futures.items()}
 
     def _neb_spec(self, model=None, reference=None, **kw) -> NEBSpec:
         params = self.protocol.parameters.b6_neb
@@ -315,6 +434,7 @@ class Catalysis:
         validation = self.validate() if self.protocol.validation.enabled and self.paths else {}
         barriers = barrier_table([r.name for r in self.protocol.reactions], self.barriers, validation)
         summary = {"blocks": self.reports, "barriers": barriers, "validation": validation,
+                   "adsorption": self._adsorption_summary(barriers),
                    "training_set_size": self.store.count(), "model": self.campaign.model.model_dump(mode="json")}
         self._write_paths(validation)
         self._report(summary)
@@ -376,25 +496,33 @@ def barrier_table(reactions: list[str], barriers: dict[str, dict], validation: d
 
 
 def plan_initial(protocol, system, params) -> str:
+    molecules = [n for n in gas_references(protocol, system) if not adsorption.is_atom(n)]
+    relax = f"; gas references {', '.join(molecules)} relaxed on the reference" if molecules else ""
     return (f"{len(system.elements)} isolated atoms + bulk + {params.n_rattled} rattled/deformed cells "
-            "-> singlepoint; train")
+            f"-> singlepoint{relax}; train")
 
 
 def initial_set(cat: Catalysis, name: str, params) -> BlockReport:
-    """Block 0: isolated atoms (E0s), the bulk cell and rattled + deformed copies of it; then the first fit."""
+    """Block 0: isolated atoms (E0s), the bulk cell and rattled + deformed copies of it; then the first
+    fit. And the gas references relaxed on the reference (their μ refer the adsorption energies): every
+    step of a relaxation and the single point after it are reference calls of this block."""
     cat.progress.set_stage(f"block 0 ({name}): labelling the initial set")
-    labelled = []
+    relaxing = cat._relax_gas(params)  # the molecules relax while the rest is labelled
+    labelled, isolated = [], None
     if params.isolated_atoms:
-        isolated = build.isolated_atoms(cat.system.elements, params.isolated_box_A)
-        labelled.append(cat.campaign.label(isolated, block=name, iteration=0, reason="isolated atom",
-                                           config_type=ISOLATED_ATOM))
+        isolated = cat.campaign.label(build.isolated_atoms(cat.system.elements, params.isolated_box_A), block=name,
+                                      iteration=0, reason="isolated atom", config_type=ISOLATED_ATOM)
+        labelled.append(isolated)
     labelled.append(cat.campaign.label([cat.system.bulk], block=name, iteration=0, reason="bulk"))
     rattled = build.rattled_bulk(cat.system.bulk, params.n_rattled, params.rattle_sigma_A, params.strain_sigma,
                                  cat.protocol.seed)
     labelled.append(cat.campaign.label(rattled, block=name, iteration=0, reason="rattled + deformed bulk"))
+    wait(relaxing.values())
+    gas_calls = cat._gas_energies(params, relaxing, isolated)
     cat.campaign.retrain(f"{name}-0")
     report = BlockReport(name, criterion="initial set (no iteration)", termination_met=True)
     report.count(*labelled)
+    report.reference_calls += gas_calls
     return report
 
 
@@ -497,7 +625,7 @@ def adsorbate_md(cat: Catalysis, name: str, params) -> BlockReport:
 
 
 def plan_geometry(protocol, system, params) -> str:
-    return (f"optimise {len(system.intermediates)} intermediates, label minima until reference "
+    return (f"optimise {len(system.intermediates)} intermediates and the site slab, label minima until reference "
             f"fmax < {params.fmax_criterion_eV_per_A} eV/Å")
 
 
@@ -507,6 +635,9 @@ def geometry_optimisation(cat: Catalysis, name: str, params) -> BlockReport:
     report = BlockReport(name, criterion="max reference force on MLFF minima (eV/Å) < "
                                          f"{params.fmax_criterion_eV_per_A}")
     start = {n: a.copy() for n, a in cat.system.intermediates.items()}
+    # the bare site slab is a minimum like the intermediates: every adsorption energy subtracts it,
+    # so it is relaxed, labelled and held to the same criterion (one slab, cheap beside them)
+    start[SITE_SLAB] = cat.system.site_slab.copy()
     fixed = set(cat.fixed)
     for iteration in range(1, params.max_iterations + 1):
         cat.progress.set_stage(f"block 5 ({name}): iteration {iteration}, optimising {len(start)} intermediates")
@@ -517,7 +648,7 @@ def geometry_optimisation(cat: Catalysis, name: str, params) -> BlockReport:
                                 partial(_label_minimum, cat, name=name, intermediate=iname, iteration=iteration))
                     for iname, atoms in start.items()}
         wait(outcomes.values())
-        forces, breached = {}, {}
+        forces, breached, e_mlff, e_ref = {}, {}, {}, {}
         for iname, outcome in outcomes.items():
             if outcome.result() is None:
                 continue
@@ -525,9 +656,12 @@ def geometry_optimisation(cat: Catalysis, name: str, params) -> BlockReport:
             breached[iname] = result.breached
             if not result.breached:
                 cat.minima[iname] = result.final
+                e_mlff[iname] = result.energy_eV  # a breached run stopped short of a minimum: no E_ads
             report.count(labels)
             (reference,) = labels.results()
             if reference is not None:
+                if not result.breached:
+                    e_ref[iname] = reference.energy_eV
                 F = np.asarray(reference.forces_eV_per_A)
                 free = [i for i in range(len(F)) if i not in fixed]
                 forces[iname] = float(np.linalg.norm(F[free], axis=1).max())
@@ -537,6 +671,8 @@ def geometry_optimisation(cat: Catalysis, name: str, params) -> BlockReport:
                          + ", ".join(f"{n} {v:.2f}" for n, v in sorted(forces.items())) + " eV/Å")
         report.history.append({"iteration": iteration, "max_ref_force_eV_per_A": forces,
                                "breached": sorted(n for n, b in breached.items() if b)})
+        # the labels of the minima are the reference energies of Supp. Fig. 1: no further calls
+        cat._record_adsorption(name, iteration, e_mlff, e_ref)
         if len(forces) == len(start) and not any(breached.values()) and worst < params.fmax_criterion_eV_per_A:
             report.termination_met = True
             break
@@ -594,11 +730,24 @@ def neb(cat: Catalysis, name: str, params) -> BlockReport:
         report.count(interpolated)
     active = {rname: list(range(len(p))) for rname, p in perms.items()}
     strikes: dict[str, dict[int, int]] = {}
+    site = cat.minima.get(SITE_SLAB, cat.system.site_slab)
     for iteration in range(1, params.max_iterations + 1):
         cat.progress.set_stage(f"block 6 ({name}): iteration {iteration}, NEBs over "
                                f"{sum(len(v) for v in active.values())} permutation(s)")
-        ends = cat._relax_ends(ends)
+        # the site slab relaxes with the ends; with the model of this iteration's NEBs, so they give its
+        # adsorption energies. The band ends are not labelled (label_endpoints), so the relaxed minima are
+        # labelled here, concurrently with the NEBs: the reference side of those adsorption energies, and
+        # minima of the newest model as training data
+        relaxed = cat._relax_ends({**ends, SITE_SLAB: site})
+        site = relaxed[SITE_SLAB].final if relaxed[SITE_SLAB] is not None else site
+        ends = {n: r.final if r is not None else ends[n] for n, r in relaxed.items() if n != SITE_SLAB}
+        done = {n: r for n, r in relaxed.items() if r is not None}
+        minima = cat.campaign.label([r.final for r in done.values()], block=name, iteration=iteration,
+                                    reason="relaxed minimum")
         errors, path_forces, row, labelled, screens = cat._neb_iteration(name, iteration, ends, perms, active)
+        labelled.append(minima)
+        cat._record_adsorption(name, iteration, {n: r.energy_eV for n, r in done.items()},
+                               {n: res.energy_eV for n, res in zip(done, minima.results()) if res is not None})
         # a permutation far above the lowest band for DROP_AFTER iterations in a row is screened no more
         for rname, screened in sorted(screens.items()):
             strikes[rname] = screening.strikes_after(strikes.get(rname, {}), screened.screened_max_eV,

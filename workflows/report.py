@@ -159,6 +159,73 @@ def energy_profile(profiles: Mapping[str, Mapping], path: Path) -> Path:
     return _save(fig, path)
 
 
+def mechanism_profile(points: Sequence[Mapping], path: Path) -> Path:
+    """The whole mechanism on one energy axis, MLFF vs reference (Fig. 3.3c): one level per state, the
+    intermediates at their adsorption energies, each transition state at its initial state's plus the
+    barrier, consecutive levels joined by dashed lines.
+
+    points: `summary["adsorption"]["profile"]` (workflows/adsorption.mechanism_profile): {label, kind
+    ("intermediate" | "ts"), mlff_eV, reference_eV}; a None energy leaves a gap in that curve."""
+    if not points:
+        raise ValueError("mechanism_profile: no points")
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(points)), 4))
+    half = 0.3
+    for key, color, name in (("mlff_eV", "C2", "MLFF"), ("reference_eV", "k", "reference")):
+        previous, legend = None, name
+        for k, p in enumerate(points):
+            e = p.get(key)
+            if e is None:
+                previous = None
+                continue
+            ts = p.get("kind") == "ts"
+            ax.hlines(e, k - half, k + half, color=color, lw=1.5 if ts else 3,
+                      linestyles="dotted" if ts else "solid", label=legend)
+            legend = None
+            if previous is not None:
+                ax.plot([k - 1 + half, k - half], [previous, e], "--", color=color, lw=0.8)
+            previous = e
+    ax.set_xticks(range(len(points)), [p["label"] for p in points], rotation=25, ha="right")
+    ax.set_ylabel("E − E(site slab) − Σ n μ (eV)")
+    ax.set_title("Mechanism: adsorption energies and transition states")
+    ax.margins(y=0.25)  # room for the legend above and below the levels
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _iteration_label(row: Mapping) -> str:
+    block = row.get("block")
+    number = _BLOCK_NUMBER.get(str(block), block)
+    return f"{number}.{row.get('iteration')}"
+
+
+def adsorption_error(iterations: Sequence[Mapping], path: Path) -> Path:
+    """Adsorption-energy error across block-5 and block-6 iterations (Supp. Fig. 1): the mean absolute
+    error over the intermediates and each intermediate's |MLFF − reference|, in meV.
+
+    iterations: `summary["adsorption"]["iterations"]` ({block, iteration, intermediates: {name:
+    {error_eV}}, mae_eV}); the x axis is block.iteration."""
+    if not iterations:
+        raise ValueError("adsorption_error: no iterations")
+    x = np.arange(len(iterations))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(iterations)), 4))
+    names = sorted({n for row in iterations for n in row.get("intermediates", {})})
+    for name in names:
+        err = [row.get("intermediates", {}).get(name, {}).get("error_eV") for row in iterations]
+        ax.plot(x, [np.nan if e is None else abs(e) * 1000 for e in err], ".-", lw=0.8, alpha=0.6, label=name)
+    mae = [np.nan if row.get("mae_eV") is None else row["mae_eV"] * 1000 for row in iterations]
+    ax.plot(x, mae, "k-o", lw=2, label="mean absolute error")
+    for k in range(1, len(iterations)):  # where block 6 takes over from block 5
+        if iterations[k].get("block") != iterations[k - 1].get("block"):
+            ax.axvline(k - 0.5, color="0.6", ls=":")
+    ax.set_xticks(x, [_iteration_label(row) for row in iterations])
+    ax.set_xlabel("block.iteration")
+    ax.set_ylabel("|E_ads(MLFF) − E_ads(reference)| (meV)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Adsorption energy error across iterations")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def parity(
     reference_energy_eV_per_atom: Sequence[float],
     mlff_energy_eV_per_atom: Sequence[float],
@@ -389,6 +456,13 @@ def write_report(
         figures.append((energy_profile(profiles, outdir / "energy_profile.png").name, "Reaction energy profile"))
     if parity_data:
         figures.append((parity(path=outdir / "parity.png", **parity_data).name, "Energy and force parity"))
+    ads = summary.get("adsorption") or {}
+    if ads.get("profile"):
+        figures.append((mechanism_profile(ads["profile"], outdir / "energy_profile_mechanism.png").name,
+                        "The mechanism on one energy axis: adsorption energies and transition states"))
+    if ads.get("iterations"):
+        figures.append((adsorption_error(ads["iterations"], outdir / "adsorption_error.png").name,
+                        "Adsorption energy error per iteration"))
 
     blocks = _block_rows(summary.get("blocks"))
     barriers = list(summary.get("barriers") or [])
@@ -415,6 +489,16 @@ def write_report(
                 "reference_perpendicular_fmax_eV_per_A"]
         parts.append("<h2>Block 6 per iteration: energy error and reference force across the band</h2>"
                      + _table(neb_rows, cols))
+    if ads.get("final"):
+        rows = [{"intermediate": n, **r} for n, r in ads["final"].items()]
+        mu = ", ".join(f"μ_{el} = {v:.4f} eV" for el, v in (ads.get("chemical_potentials_eV") or {}).items())
+        parts.append(f"<h2>Adsorption energies (last iteration)</h2><p>Gas references "
+                     f"{html.escape(', '.join(ads.get('gas_references') or {}))}: {html.escape(mu)} (reference)</p>"
+                     + _table(rows, ["intermediate", "mlff_eV", "reference_eV", "error_eV"]))
+        its = [{"iteration": _iteration_label(r), "block": r.get("block"), "mae_eV": r.get("mae_eV")}
+               for r in ads.get("iterations") or []]
+        parts.append("<h2>Adsorption energy mean absolute error per iteration</h2>"
+                     + _table(its, ["iteration", "block", "mae_eV"]))
     for name, caption in figures:
         parts.append(f"<figure><a href='{name}'><img src='{name}' alt='{html.escape(caption)}'></a>"
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
