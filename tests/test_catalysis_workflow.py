@@ -61,6 +61,29 @@ def _check_run(run_dir: Path, protocol: dict):
             assert v["reference_calls"] >= 2 + protocol["parameters"]["b6_neb"]["n_images"] + sum(
                 e["steps"] for e in v["endpoint_relaxation"])
 
+    # adsorption energies (H only: μ_H from H2) in every block-5 and block-6 iteration, and the mechanism
+    ads = summary["adsorption"]
+    assert list(ads["chemical_potentials_eV"]) == ["H"] and list(ads["gas_references"]) == ["H2"]
+    for block in ("geometry-optimisation", "neb"):
+        assert [it["iteration"] for it in ads["iterations"] if it["block"] == block] == list(
+            range(1, blocks[block]["iterations"] + 1))
+    for it in ads["iterations"]:
+        assert set(it["intermediates"]) == set(protocol["intermediates"])
+        errors = [r["error_eV"] for r in it["intermediates"].values() if r["error_eV"] is not None]
+        for r in it["intermediates"].values():
+            if r["error_eV"] is not None:
+                assert r["error_eV"] == pytest.approx(r["mlff_eV"] - r["reference_eV"])
+        assert it["mae_eV"] == (pytest.approx(sum(map(abs, errors)) / len(errors)) if errors else None)
+    assert ads["final"] == ads["iterations"][-1]["intermediates"]
+    ts = [p for p in ads["profile"] if p["kind"] == "ts"]
+    assert [p["reaction"] for p in ts] == [r["name"] for r in protocol["reactions"]]
+    initials = {r["name"]: r["initial"] for r in protocol["reactions"]}
+    for p in ts:  # a transition state sits at its initial state's E_ads plus the barrier
+        initial = ads["final"][initials[p["reaction"]]]
+        if initial["mlff_eV"] is not None:
+            assert p["mlff_eV"] == pytest.approx(initial["mlff_eV"] + barriers[p["reaction"]]["mlff_barrier_eV"])
+    assert (run_dir / "report" / "energy_profile_mechanism.png").exists()
+
     # the final MLFF band of each reaction, with both energies per image, for the user to inspect
     from ase.io import read
 
@@ -149,10 +172,17 @@ def test_catalysis_protocol_end_to_end_and_resume(tmp_path):
             assert str(row["best_permutation"]) in map(str, row["full_neb_permutations"])
             assert len(row["screened_band_max_eV"]) == 2
     # every reference single point of the run is in some block's count (the dimer spacing search's
-    # probes in block 3's); the run's total also counts retries of a failed SCF
+    # probes in block 3's, the gas references' in block 0's), and so is every step of block 0's
+    # gas-reference relaxations (reference optimisations of unconstrained molecules; the validation's
+    # endpoint relaxations hold the slab's bottom fixed and are the validation's); the run's total also
+    # counts retries of a failed SCF
     with sqlite3.connect(run_dir / "journal.db") as db:
         (singlepoints,), = db.execute("select count(*) from tasks where kind='singlepoint'")
-    assert sum(b["reference_calls"] for b in first["blocks"].values()) == singlepoints
+        gas_steps = sum(len(json.loads(r)["energies_eV"]) for s, r in db.execute(
+            "select spec, result from tasks where kind='optimise' and status='done'")
+            if json.loads(s)["reference"] is not None and not json.loads(s)["fixed_atoms"])
+    assert gas_steps > 0
+    assert sum(b["reference_calls"] for b in first["blocks"].values()) == singlepoints + gas_steps
 
     # the same command again: every task from the journal, the same answer
     p = _run(protocol, run_dir, timeout=900)
@@ -160,6 +190,7 @@ def test_catalysis_protocol_end_to_end_and_resume(tmp_path):
     again = json.loads((run_dir / "summary.json").read_text())
     assert again["reference_calls"] == 0
     assert again["barriers"] == first["barriers"]
+    assert again["adsorption"] == first["adsorption"]
     assert again["training_set_size"] == first["training_set_size"]
 
 
