@@ -88,6 +88,7 @@ def _hop(folder: Path) -> None:
 
 
 def _search(folder: Path, atoms: Atoms, spec: MinimaHoppingSpec, ctx: TaskContext, fresh: bool):
+    folder = folder.resolve()  # the child runs in `folder`: a relative name would resolve inside itself
     if fresh:  # nothing of an earlier, unresumable search may leak into this one
         shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)

@@ -79,3 +79,13 @@ def test_bad_input_is_refused(tiny_gap_model, tmp_path):
         run(MinimaHoppingSpec(model=tiny_gap_model), [], TaskContext(workdir=tmp_path))
     with pytest.raises(ValueError, match="fixed_atoms"):
         run(MinimaHoppingSpec(model=tiny_gap_model, fixed_atoms=[100]), [_adatom_slab()], TaskContext(workdir=tmp_path))
+
+
+def test_a_relative_checkpoint_folder_is_found_by_the_search(tiny_gap_model, tmp_path, monkeypatch):
+    """A run directory named relative to the working directory (`reactforge run` from the checkout): the
+    search's child process runs inside the folder and must not resolve the folder's name from there."""
+    monkeypatch.chdir(tmp_path)
+    spec = MinimaHoppingSpec(model=tiny_gap_model, n_minima=1, fixed_atoms=FROZEN)
+    result = run(spec, [_adatom_slab()], TaskContext(workdir=tmp_path, checkpoint_dir="run/checkpoint"))
+    assert len(result.minima) == 1
+    assert (tmp_path / "run" / "checkpoint" / "minimahopping" / "minima.traj").is_file()
