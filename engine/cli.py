@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from reactforge.engine.lock import RunDirLocked, RunLock
@@ -169,33 +170,46 @@ def run(args) -> int:
         lock = RunLock(run_dir)
     if not lock.held:
         lock.acquire()
-    print(f"run directory {run_dir}: {'resuming' if state == 'resume' else state}", flush=True)
+    log_path = run_dir / "run.log"  # everything below that is printed also goes there
+
+    def say(message: str, err: bool = False, echo: bool = True) -> None:
+        if echo:
+            print(message, file=sys.stderr if err else sys.stdout, flush=True)
+        try:
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {message}\n")
+        except OSError:
+            pass  # the message is on the terminal; a full disk is the journal's to report
+
+    say(f"run directory {run_dir}: {'resuming' if state == 'resume' else state}")
     store = Store(run_dir)
     start = time.time()
     # status: running until the workflow returns (completed) or stops (failed); a coordinator killed
     # outright leaves `running`, and the same command resumes it
     store.update_summary(protocol=protocol.name, workflow=workflow, site=site.name, status="running", reason=None)
     with lock, Engine(site, run_dir) as engine:
-        with Progress(engine, f"{protocol.name} on {site.name}", live=False if args.no_live else None) as progress:
+        with Progress(engine, f"{protocol.name} on {site.name}", live=False if args.no_live else None,
+                      log_path=log_path) as progress:
             try:
                 results = module.run(protocol, engine, store, progress)
             except (EngineStopped, TaskFailed) as err:
                 # a block that cannot go on without this task, or an engine that cannot record: the journal
                 # keeps every finished task, so the same command resumes from here
                 store.update_summary(status="failed", reason=str(err), wall_s=round(time.time() - start, 1))
-                print(f"error: run stopped: {err}\nfinished tasks are kept in {run_dir / 'journal.db'}; "
-                      "the same command resumes the run", file=sys.stderr)
+                say(f"error: run stopped: {err}\nfinished tasks are kept in {run_dir / 'journal.db'}; "
+                    "the same command resumes the run", err=True)
                 return 1
             except BaseException as err:  # a bug or Ctrl-C: the traceback still shows, the summary says so
                 store.update_summary(status="failed", reason=f"{type(err).__name__}: {err}",
                                      wall_s=round(time.time() - start, 1))
+                say(f"run stopped: {type(err).__name__}: {err}\n{traceback.format_exc()}".rstrip(), echo=False)
                 raise
         summary = store.update_summary(
             wall_s=round(time.time() - start, 1),
             reference_calls=engine.reference_calls, tasks=engine.journal.counts(), executors=engine.stats(),
             failures=engine.journal.failures(), status="completed", reason=None, **results,
         )
-    print(f"done in {summary['wall_s']} s; summary: {run_dir / 'summary.json'}")
+    say(f"done in {summary['wall_s']} s; summary: {run_dir / 'summary.json'}")
     return 0
 
 

@@ -104,6 +104,9 @@ def test_run_resume_and_changed_protocol(tmp_path):
     assert summary["status"] == "completed" and summary["reason"] is None
     assert summary["reference_calls"] == 2
     energy = summary["jobs"]["water"]["energy_eV"]
+    # what was printed is in run.log too: the run directory line, the stage with its elapsed time, the end
+    log = (run_dir / "run.log").read_text()
+    assert f"run directory {run_dir}: new" in log and "[0:00:00] 2 jobs |" in log and "done in" in log
 
     # same command again: everything from the journal, no reference call
     p = cli("--site", "local", "--run-dir", run_dir, "--no-live", proto)
@@ -295,6 +298,8 @@ def test_a_block_that_cannot_go_on_ends_the_run_with_status_failed_and_exit_1(tm
     assert "error: run stopped: train task" in p.stderr and "Traceback" not in p.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and "train task" in summary["reason"]
+    log = (tmp_path / "run" / "run.log").read_text()
+    assert "initial: training on 0 configurations" in log and "error: run stopped: train task" in log
 
 
 def test_summary_says_running_while_the_workflow_runs(tmp_path):

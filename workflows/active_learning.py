@@ -92,6 +92,12 @@ class BlockReport:
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
+    def status_line(self, max_iterations: int) -> str:
+        """What the log says after an iteration: the criterion (with its target) against its value now."""
+        value = "–" if self.criterion_value is None else f"{self.criterion_value:.3g}"
+        return (f"{self.name} iteration {self.iterations} of {max_iterations}: {self.criterion}; now {value}: "
+                f"{'met' if self.termination_met else 'not met'}, {self.labels_added} labels so far")
+
 
 class Campaign:
     def __init__(self, engine, store, progress, reference, model_spec, *, max_force_eV_per_A: float = 50.0,
@@ -181,7 +187,8 @@ class Campaign:
         if self.model is None:
             self.retrain(f"{name}-0")
         for iteration in range(1, max_iterations + 1):
-            self.progress.set_stage(f"{name}: iteration {iteration} MD on {len(structures)} structures")
+            self.progress.set_stage(f"{name}: iteration {iteration} of {max_iterations}, MD on {len(structures)} "
+                                    "structures")
             runs = [self.engine.submit(MDSpec(model=self.model, seed=SEED_STRIDE * self.seed + 1000 * iteration + i,
                                               **md), [atoms])
                     for i, atoms in enumerate(structures)]
@@ -202,12 +209,14 @@ class Campaign:
                                    "runs": len(results), "training_set": self.store.count()})
             if results and not breached and len(results) == len(runs):
                 report.termination_met = True
+                self.progress.log(report.status_line(max_iterations))
                 yield report
                 return
             clean = self.label([r.sampled for r in results if not r.breached], block=name, iteration=iteration,
                                reason="highest uncertainty")
             self.wait_labels()
             report.count(*[labels for labels in (f.result() for f in breach_labels) if labels], clean)
+            self.progress.log(report.status_line(max_iterations))
             yield report
             self.retrain(f"{name}-{iteration}")
 

@@ -148,6 +148,21 @@ class Catalysis:
         self.progress.log(f"{report.name}: {report.iterations} iteration(s), {report.labels_added} labels, "
                           f"termination {'met' if report.termination_met else 'NOT met'} "
                           f"(criterion value {report.criterion_value})")
+        self._refresh_report()
+
+    def _refresh_report(self):
+        """report/ after each block from what is known so far (the parity figure, which costs evaluate
+        tasks, only at the end): a user follows the run in the browser. A figure that fails is logged,
+        never the run's end."""
+        from . import report
+
+        try:
+            report.write_report(self.store, summary={"name": self.protocol.name, "status": "running",
+                                                     "blocks": self.reports},
+                                training_set=self.store.training_set(), neb_history=self.neb_history,
+                                paths=self.paths)
+        except (ValueError, OSError) as err:
+            self.progress.log(f"report/ not refreshed: {err}")
 
     # ------------------------------------------------------------------ block 0: gas references
     def _relax_gas(self, params) -> dict[str, Future]:
@@ -428,9 +443,11 @@ class Catalysis:
     def run(self) -> dict:
         if 0 not in self.protocol.blocks and self.campaign.model is None:
             self.campaign.retrain("initial")  # block 0 makes the first model; without it, train here
-        for number in self.protocol.blocks:
+        for k, number in enumerate(self.protocol.blocks, start=1):
             block = BLOCKS[number]
+            self.progress.set_context(f"block {number} ({k} of {len(self.protocol.blocks)}, {block.name})")
             self._finish(block.run(self, block.name, block.params(self.protocol)))
+        self.progress.set_context("validation")
         validation = self.validate() if self.protocol.validation.enabled and self.paths else {}
         barriers = barrier_table([r.name for r in self.protocol.reactions], self.barriers, validation)
         summary = {"blocks": self.reports, "barriers": barriers, "validation": validation,
@@ -640,7 +657,8 @@ def geometry_optimisation(cat: Catalysis, name: str, params) -> BlockReport:
     start[SITE_SLAB] = cat.system.site_slab.copy()
     fixed = set(cat.fixed)
     for iteration in range(1, params.max_iterations + 1):
-        cat.progress.set_stage(f"block 5 ({name}): iteration {iteration}, optimising {len(start)} intermediates")
+        cat.progress.set_stage(f"iteration {iteration} of {params.max_iterations}, optimising {len(start)} "
+                               "minima")
         # an optimisation is interrupted like an MD when σ breaches σ_thr (thesis §3.2): that
         # configuration is labelled instead of a minimum the model does not know
         spec = cat._optimise_spec(stop_on_breach=True)
@@ -673,8 +691,10 @@ def geometry_optimisation(cat: Catalysis, name: str, params) -> BlockReport:
                                "breached": sorted(n for n, b in breached.items() if b)})
         # the labels of the minima are the reference energies of Supp. Fig. 1: no further calls
         cat._record_adsorption(name, iteration, e_mlff, e_ref)
-        if len(forces) == len(start) and not any(breached.values()) and worst < params.fmax_criterion_eV_per_A:
-            report.termination_met = True
+        report.termination_met = (len(forces) == len(start) and not any(breached.values())
+                                  and worst < params.fmax_criterion_eV_per_A)
+        cat.progress.log(report.status_line(params.max_iterations))
+        if report.termination_met:
             break
         # continue from the last sane minimum (a breached run restarts where it started)
         start = {n: cat.minima.get(n, a) for n, a in start.items()}
@@ -732,7 +752,7 @@ def neb(cat: Catalysis, name: str, params) -> BlockReport:
     strikes: dict[str, dict[int, int]] = {}
     site = cat.minima.get(SITE_SLAB, cat.system.site_slab)
     for iteration in range(1, params.max_iterations + 1):
-        cat.progress.set_stage(f"block 6 ({name}): iteration {iteration}, NEBs over "
+        cat.progress.set_stage(f"iteration {iteration} of {params.max_iterations}, NEBs over "
                                f"{sum(len(v) for v in active.values())} permutation(s)")
         # the site slab relaxes with the ends; with the model of this iteration's NEBs, so they give its
         # adsorption energies. The band ends are not labelled (label_endpoints), so the relaxed minima are
@@ -765,8 +785,11 @@ def neb(cat: Catalysis, name: str, params) -> BlockReport:
                                "max_reference_perpendicular_fmax_eV_per_A": across, "barriers": row})
         cat.neb_history.append({"iteration": iteration, **row})
         on_path = path_thr is None or across < path_thr
-        if errors and worst < params.energy_criterion_eV and on_path and len(row) == len(reactions):
-            report.termination_met = True
+        report.termination_met = bool(errors) and worst < params.energy_criterion_eV and on_path \
+            and len(row) == len(reactions)
+        cat.progress.log(report.status_line(params.max_iterations)
+                         + ("" if path_thr is None else f"; reference force across the band {across:.3g} eV/Å"))
+        if report.termination_met:
             break
         cat.campaign.retrain(f"{name}-{iteration}")
     return report
