@@ -30,6 +30,8 @@ from reactforge.schemas.tasks import (
 from reactforge.tasks.nmr import averaging, exchange, rates, spectra, tensors
 from reactforge.engine.engine import TaskFailed
 
+from . import minima as dedup
+
 
 def plan(protocol) -> list[str]:
     p, s = protocol, protocol.spectrum
@@ -295,16 +297,14 @@ def _ok(fut: Future, progress):
 
 
 def soap_distance(a: Atoms, b: Atoms, cutoff_A: float = 4.0) -> float:
-    """max over atoms of √(2 − 2 p_i·q_i), p, q normalised SOAP vectors of the same atom in a and b.
+    """Largest per-atom SOAP distance between two minima, atom i against atom i (workflows/minima.py).
 
-    Per atom rather than per structure: minima related by a symmetry that permutes nuclei (a hydroxyl turned
-    by 180°) have identical averaged descriptors but are distinct NMR environments."""
-    from quippy.descriptors import Descriptor
-
+    Per atom rather than per structure, and without pairing like atoms: minima related by a symmetry that
+    permutes nuclei (a hydroxyl turned by 180°) have identical averaged descriptors but are distinct NMR
+    environments."""
     if a.get_chemical_symbols() != b.get_chemical_symbols():
         raise ValueError("minima must have the same atoms in the same order")
-    zs = sorted(set(a.numbers))
-    desc = Descriptor(f"soap cutoff={cutoff_A} l_max=4 n_max=6 atom_sigma=0.5 n_species={len(zs)} "
-                      f"species_Z={{{' '.join(map(str, zs))}}}")
-    p, q = desc.calc(a)["data"], desc.calc(b)["data"]
-    return float(np.sqrt(np.clip(2.0 - 2.0 * np.sum(p * q, axis=1), 0.0, None)).max())
+    soap = dedup.descriptor(a.get_chemical_symbols(), cutoff_A, l_max=4, n_max=6, atom_sigma_A=0.5)
+    every = range(len(a))
+    return dedup.distance(dedup.environments(a, every, soap), dedup.environments(b, every, soap),
+                           a.get_chemical_symbols(), match_like_atoms=False)
