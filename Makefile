@@ -4,12 +4,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SITE   ?= local-htex
 
-.PHONY: demo test test-all setup system-deps slurm-local bench clean-venv
+.PHONY: demo test test-all setup system-deps slurm-local browser bench clean-venv
 
 demo: setup
 	$(VENV)/bin/reactforge run --site $(SITE) examples/quickstart.yaml
 
-test: setup slurm-local
+test: setup slurm-local browser
 	$(PY) -m pytest -q
 
 test-all: setup
@@ -29,6 +29,13 @@ system-deps:
 # or started (not root, no apt), the suite still runs: test_slurm.py skips with the reason printed here.
 slurm-local: system-deps
 	@bash scripts/slurm-local.sh || echo "no local SLURM: tests/test_slurm.py will be skipped (reason above)"
+
+# Debian's chromium renders report/index.html headless in tests/test_report_browser.py (skipped without it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium from Debian (the report's browser test)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "no chromium: tests/test_report_browser.py will be skipped"; }
 
 # torch 2.13.0 first: it is the local CPU build; mace-torch would otherwise pull a CUDA build.
 # The `all` extra: MACE/MFN (`mace`) and the NMR tests' reference implementations (`test`), which the
