@@ -105,6 +105,12 @@ def test_run_resume_and_changed_protocol(tmp_path):
     assert summary["reference_calls"] == 2
     energy = summary["jobs"]["water"]["energy_eV"]
     # what was printed is in run.log too: the run directory line, the stage with its elapsed time, the end
+    # the structure is an extxyz file ase reads, energy and forces as calculator results
+    from ase.io import read
+
+    (water,) = read(run_dir / summary["jobs"]["water"]["structures"], ":")
+    assert water.get_chemical_formula() == "H2O" and water.info["field"] == "atoms"
+    assert water.get_potential_energy() == energy and water.get_forces().shape == (3, 3)
     log = (run_dir / "run.log").read_text()
     assert f"run directory {run_dir}: new" in log and "[0:00:00] 2 jobs |" in log and "done in" in log
 

@@ -130,3 +130,25 @@ def test_paths_band_opens_in_ase_nebplot(tmp_path):
                        capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert (tmp_path / "band.pdf").stat().st_size > 0
+
+
+def test_task_results_are_written_as_extxyz_with_energies(tmp_path):
+    """The `tasks` workflow's results/<job>.xyz: every structure of a result, band energies and forces
+    as calculator results, so `ase gui` and `ase nebplot` read a NEB job's band."""
+    from ase.build import molecule
+    from ase.io import write
+
+    from reactforge.schemas.results import NEBResult
+    from reactforge.workflows.batch import result_frames
+
+    images = [molecule("H2") for _ in range(3)]
+    for k, a in enumerate(images):
+        a.positions[1, 2] += 0.1 * k
+    forces = [np.full((2, 3), 0.01 * k).tolist() for k in range(3)]
+    res = NEBResult(images=images, energies_eV=[-1.0, -0.7, -0.9], forward_barrier_eV=0.3, reaction_energy_eV=0.1,
+                    converged=True, steps=4, max_sigma_eV=0.0, fmax_eV_per_A=0.02, forces_eV_per_A=forces)
+    write(tmp_path / "band.xyz", result_frames(res))
+    back = read(tmp_path / "band.xyz", ":")
+    assert [a.info["index"] for a in back] == [0, 1, 2] and {a.info["field"] for a in back} == {"images"}
+    assert [a.get_potential_energy() for a in back] == [-1.0, -0.7, -0.9]
+    assert np.allclose(back[2].get_forces(), 0.02)
