@@ -55,9 +55,10 @@ def training_growth(rows: Sequence[Mapping], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     x = np.arange(len(blocks))
     bottom = np.zeros(len(blocks))
-    for reason in reasons:
+    colours = plt.get_cmap("tab20").colors  # up to 20 reasons, each its own colour
+    for k, reason in enumerate(reasons):
         h = np.array([counts[(b, reason)] for b in blocks], dtype=float)
-        ax.bar(x, h, bottom=bottom, label=reason)
+        ax.bar(x, h, bottom=bottom, label=reason, color=colours[k % len(colours)])
         bottom += h
     ax2 = ax.twinx()
     ax2.plot(x, np.cumsum(bottom), "k-o", label="training set")
@@ -406,7 +407,7 @@ def _fmt(v) -> str:
 def _table(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<div class='wide'><table><tr>{head}</tr>{body}</table></div>"
 
 
 def _block_rows(blocks) -> list[dict]:
@@ -487,13 +488,14 @@ def write_report(
     blocks = _block_rows(summary.get("blocks"))
     barriers = list(summary.get("barriers") or [])
     scalars = {k: v for k, v in summary.items() if isinstance(v, (str, int, float, bool)) or v is None}
+    title = str(summary.get("name") or summary.get("protocol") or "Catalysis run")
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(str(summary.get('name', 'run')))}</title>",
+        f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px}"
-        "img{max-width:100%}</style></head><body>",
-        f"<h1>{html.escape(str(summary.get('name', 'Catalysis run')))}</h1>",
+        "img{max-width:100%}.wide{overflow-x:auto}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
     ]
     if scalars:
         parts.append("<h2>Summary</h2>" + _table([{"key": k, "value": v} for k, v in scalars.items()], ["key", "value"]))
