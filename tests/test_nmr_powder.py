@@ -158,3 +158,19 @@ def test_static_shielding_and_quadrupolar_with_coincident_frames_match_mrsimulat
     swapped = np.diag([-cq * (1 - eta_q) / 2, -cq * (1 + eta_q) / 2, cq])  # x ↔ y of the EFG frame
     assert overlap(ours(-sigma[None], swapped[None], np.zeros((1, 1)), [1.0], ppm, 200, False, 6000), ref) < \
         overlap(got, ref)
+
+
+def test_an_efg_trace_does_not_shift_the_central_transition():
+    """A field gradient is traceless; a trace a calculation leaves is removed where the EFG enters."""
+    dirs, _ = powder.orientations("zcw", 200)
+    iso = powder.ct_second_order_Hz(np.eye(3)[None] * 1e6, dirs, NU0, 2.5)
+    assert np.allclose(iso, 0.0, atol=1e-9)
+    rng = np.random.default_rng(3)
+    q = rng.normal(size=(3, 3)) * 1e6
+    q = q + q.T
+    q -= np.trace(q) / 3 * np.eye(3)
+    assert np.allclose(powder.ct_second_order_Hz((q + 0.01 * 1e6 * np.eye(3))[None], dirs, NU0, 2.5),
+                       powder.ct_second_order_Hz(q[None], dirs, NU0, 2.5), atol=1e-9)
+    efg = np.diag([0.1, 0.2, -0.3])
+    assert np.allclose(tensors.quadrupole_tensor_Hz(efg + 0.004 * np.eye(3)), tensors.quadrupole_tensor_Hz(efg))
+    assert tensors.cq_Hz(efg + 0.004 * np.eye(3)) == pytest.approx(tensors.cq_Hz(efg))

@@ -68,6 +68,7 @@ def ct_second_order_Hz(Q_Hz: np.ndarray, dirs: np.ndarray, larmor_Hz: float, spi
     if spin < 1 or (2 * spin) % 2 != 1:
         raise ValueError("the central transition needs a half-integer spin I ≥ 3/2")
     Q = 0.5 * (Q_Hz + np.swapaxes(Q_Hz, -1, -2))
+    Q = Q - (np.trace(Q, axis1=-2, axis2=-1) / 3.0)[..., None, None] * np.eye(3)  # the coupling is traceless
     Qn = np.einsum("sab,ob->osa", Q, dirs)  # Q n
     Qzz = np.einsum("oa,osa->os", dirs, Qn)  # nᵀQn
     Qn2 = np.einsum("osa,osa->os", Qn, Qn)  # |Qn|²

@@ -114,9 +114,17 @@ def chemical_shift(sigma: np.ndarray, sigma_ref_ppm: float) -> np.ndarray:
     return sigma_ref_ppm * np.eye(3) - s
 
 
+def traceless(t: np.ndarray) -> np.ndarray:
+    """Symmetric, traceless part. A field gradient is traceless (Laplace: ∇²V = 0 outside the nucleus);
+    what a calculation leaves in its trace is numerical noise, and a 1 % trace would shift a central
+    transition by ~100 Hz, so it is removed wherever the EFG enters."""
+    s = symmetric(t)
+    return s - isotropic(s)[..., None, None] * np.eye(3)
+
+
 def efg_principal(efg: np.ndarray) -> np.ndarray:
-    """EFG principal values (…, 3) ordered |V_xx| ≤ |V_yy| ≤ |V_zz| (NQR order)."""
-    ev = np.linalg.eigvalsh(symmetric(efg))
+    """EFG principal values (…, 3) of the traceless part, ordered |V_xx| ≤ |V_yy| ≤ |V_zz| (NQR order)."""
+    ev = np.linalg.eigvalsh(traceless(efg))
     order = np.argsort(np.abs(ev), axis=-1)
     return np.take_along_axis(ev, order, axis=-1)
 
@@ -127,7 +135,7 @@ def quadrupole_tensor_Hz(efg_au: np.ndarray, isotope: str = "17O") -> np.ndarray
     if q == 0:
         raise ValueError(f"{isotope} has spin 1/2: no quadrupole moment, no EFG coupling")
     q_m2 = q * 1e-30
-    return symmetric(efg_au) * EFG_AU_V_PER_M2 * C.e * q_m2 / C.h
+    return traceless(efg_au) * EFG_AU_V_PER_M2 * C.e * q_m2 / C.h
 
 
 def cq_Hz(efg_au: np.ndarray, isotope: str = "17O") -> np.ndarray:
