@@ -121,11 +121,11 @@ def _cli(*args, timeout=300) -> subprocess.CompletedProcess:
 
 def test_gas_references_that_do_not_fix_mu_are_exit_2_naming_file_and_field(tmp_path):
     path = _h_on_cu(tmp_path, gas_references=["H2O"])
-    p = _cli("--check", path)
+    p = _cli("--check", "--no-preview", path)
     assert p.returncode == 2 and str(path) in p.stderr and "gas_references" in p.stderr and "H, O" in p.stderr
-    p = _cli("--check", _h_on_cu(tmp_path, gas_references=["H2", "Hydrogen"]))
+    p = _cli("--check", "--no-preview", _h_on_cu(tmp_path, gas_references=["H2", "Hydrogen"]))
     assert p.returncode == 2 and "gas_references" in p.stderr and "'Hydrogen'" in p.stderr
-    p = _cli("--check", _h_on_cu(tmp_path))
+    p = _cli("--check", "--no-preview", _h_on_cu(tmp_path))
     assert p.returncode == 0 and "μ of H from H2" in p.stdout and "gas references H2 relaxed" in p.stdout
 
 

@@ -214,7 +214,7 @@ def test_gpus_per_node_jobs_leave_out_the_tasks_line_too(archer2_env, tmp_path):
 
 
 def test_check_prints_every_slurm_script_whole():
-    p = cli("check", "--site", "archer2", ROOT / "examples" / "in2o3-co2-hydrogenation.yaml", env=ARCHER2_ENV)
+    p = cli("check", "--no-preview", "--site", "archer2", ROOT / "examples" / "in2o3-co2-hydrogenation.yaml", env=ARCHER2_ENV)
     assert p.returncode == 0, p.stderr
     out = p.stdout.splitlines()
     for label in ("cpu-dft", "cpu-ml", "gpu"):

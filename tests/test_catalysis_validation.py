@@ -52,7 +52,7 @@ def _metal_protocol(tmp_path: Path, **over) -> Path:
 
 
 def _check(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), "--check", str(path)], capture_output=True,
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), "--check", "--no-preview", str(path)], capture_output=True,
                           text=True, timeout=300)
 
 
