@@ -9,6 +9,7 @@ WORKFLOWS = {
     "catalysis": ("reactforge.schemas.protocol:Protocol", "reactforge.workflows.catalysis"),
     "nmr": ("reactforge.schemas.nmr:NMRProtocol", "reactforge.workflows.nmr"),
     "free_energy": ("reactforge.schemas.free_energy:FreeEnergyProtocol", "reactforge.workflows.free_energy"),
+    "exploration": ("reactforge.schemas.exploration:ExplorationProtocol", "reactforge.workflows.exploration"),
 }
 DEFAULT = "catalysis"
 

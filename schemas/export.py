@@ -7,16 +7,18 @@ from pathlib import Path
 from pydantic import TypeAdapter
 
 from .batch import BatchProtocol
+from .exploration import ExplorationProtocol
 from .free_energy import FreeEnergyProtocol
+from .kinds import TaskSpec
 from .nmr import NMRProtocol
 from .protocol import Protocol
 from .site import SiteConfig
-from .kinds import TaskSpec
 
 SCHEMAS = {
     "catalysis-protocol": Protocol,
     "nmr-protocol": NMRProtocol,
     "free-energy-protocol": FreeEnergyProtocol,
+    "exploration-protocol": ExplorationProtocol,
     "tasks-protocol": BatchProtocol,
     "site": SiteConfig,
     "task-spec": TaskSpec,
