@@ -691,8 +691,8 @@ def geometry_optimisation(cat: Catalysis, name: str, params) -> BlockReport:
                                "breached": sorted(n for n, b in breached.items() if b)})
         # the labels of the minima are the reference energies of Supp. Fig. 1: no further calls
         cat._record_adsorption(name, iteration, e_mlff, e_ref)
-        report.termination_met = (len(forces) == len(start) and not any(breached.values())
-                                  and worst < params.fmax_criterion_eV_per_A)
+        report.termination_met = bool(len(forces) == len(start) and not any(breached.values())
+                                      and worst < params.fmax_criterion_eV_per_A)  # numpy's bool is no JSON
         cat.progress.log(report.status_line(params.max_iterations))
         if report.termination_met:
             break
@@ -785,8 +785,8 @@ def neb(cat: Catalysis, name: str, params) -> BlockReport:
                                "max_reference_perpendicular_fmax_eV_per_A": across, "barriers": row})
         cat.neb_history.append({"iteration": iteration, **row})
         on_path = path_thr is None or across < path_thr
-        report.termination_met = bool(errors) and worst < params.energy_criterion_eV and on_path \
-            and len(row) == len(reactions)
+        report.termination_met = bool(errors and worst < params.energy_criterion_eV and on_path
+                                      and len(row) == len(reactions))  # numpy's bool is no JSON
         cat.progress.log(report.status_line(params.max_iterations)
                          + ("" if path_thr is None else f"; reference force across the band {across:.3g} eV/Å"))
         if report.termination_met:
