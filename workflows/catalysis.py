@@ -454,7 +454,7 @@ class Catalysis:
                    "adsorption": self._adsorption_summary(barriers),
                    "training_set_size": self.store.count(), "model": self.campaign.model.model_dump(mode="json")}
         self._write_paths(validation)
-        self._report(summary)
+        self._report({"name": self.protocol.name, **summary})
         return summary
 
     def _write_paths(self, validation: dict):
