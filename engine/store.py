@@ -75,6 +75,18 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def protocol_digest(text: str) -> str:
+    """The protocol's identity: the digest of its YAML's data, so that a comment or layout edit still
+    resumes the run while any changed value does not (text that is not YAML: the text's own digest)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return sha256_text(text)
+    return sha256_text(json.dumps(data, sort_keys=True, default=str))
+
+
 class ProtocolMismatch(Exception):
     pass
 
@@ -101,7 +113,7 @@ class Store:
         Returns "new", "resume" or "archived:<path>".
         """
         run_dir = Path(run_dir)
-        digest = sha256_text(protocol_text)
+        digest = protocol_digest(protocol_text)
         stamp = run_dir / "protocol.sha256"
         if run_dir.exists() and not run_dir.is_dir():
             raise ProtocolMismatch(f"{run_dir} is a file, not a run directory; choose another --run-dir")
@@ -114,7 +126,11 @@ class Store:
             atomic_write_text(run_dir / "protocol.yaml", protocol_text)
             atomic_write_text(stamp, digest + "\n")
             return "new"
-        if stamp.read_text().strip() == digest:
+        # runs stamped before protocol_digest carry the digest of their text
+        if stamp.read_text().strip() in (digest, sha256_text(protocol_text)):
+            if (run_dir / "protocol.yaml").is_file() and (run_dir / "protocol.yaml").read_text() != protocol_text:
+                atomic_write_text(run_dir / "protocol.yaml", protocol_text)  # the comments as they are now
+            atomic_write_text(stamp, digest + "\n")
             return "resume"
         if not force_new:
             raise ProtocolMismatch(

@@ -64,6 +64,24 @@ def test_protocol_claim_resume_refuse_archive(tmp_path):
     assert (run / "protocol.yaml").read_text() == "a: 2\n"
 
 
+def test_a_comment_or_layout_edit_resumes_a_changed_value_does_not(tmp_path):
+    import hashlib
+
+    run = tmp_path / "r"
+    assert Store.claim(run, "a: 1\nb: [x, y]\n", force_new=False) == "new"
+    edited = "# what this run is for\nb:\n  - x\n  - y\na: 1   # one\n"
+    assert Store.claim(run, edited, force_new=False) == "resume"
+    assert (run / "protocol.yaml").read_text() == edited  # the run keeps the text it was resumed with
+    with pytest.raises(ProtocolMismatch):
+        Store.claim(run, "a: 1\nb: [y, x]\n", force_new=False)
+    # a run stamped with its text's digest (before protocol identity was the data's) still resumes
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "protocol.yaml").write_text("a: 1\n")
+    (old / "protocol.sha256").write_text(hashlib.sha256(b"a: 1\n").hexdigest() + "\n")
+    assert Store.claim(old, "a: 1\n", force_new=False) == "resume"
+
+
 def test_summary_updates_merge(tmp_path):
     store = Store(tmp_path)
     store.update_summary(blocks={"bulk": 1})
