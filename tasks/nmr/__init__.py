@@ -6,5 +6,7 @@ rates      harmonic TST (Vineyard prefactor from ASE vibrations) and Eyring (Eq.
 exchange   Markovian jump (stochastic Liouville) model between N sites, detailed-balance K
 powder     orientation sets (ZCW, Lebedev); per-orientation site frequencies: static CSA and the
            17O central transition with second-order quadrupolar coupling under MAS
+rotor      exchange under MAS at finite spinning speed: rotor-period propagation per orientation with
+           its spinning sidebands (EXPRESS), and the criterion for the infinite-speed limit
 spectra    the four panels of Fig. 5.1 (static, intermediate, fast, fast + intermediate)
 """

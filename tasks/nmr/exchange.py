@@ -6,7 +6,10 @@ induction decay is G(t) = 1ᵀ exp[(iΩ + K − Λ) t] p_eq with Ω = diag(2π �
 (Lorentzian broadening). Its spectrum is S(ν) = 2 Re[1ᵀ (2πiν − iΩ − K + Λ)⁻¹ p_eq], normalised so that
 ∫S dν = 1 per orientation. This is the model EXPRESS (Vold & Hoatson 2009) evaluates, reduced to the
 single coherence that a central-transition or spin-½ spectrum observes; it assumes each site's
-frequency is well defined between jumps (k ≪ ν0, and, under MAS, k ≪ ν_rot: infinite spinning speed).
+frequency is well defined between jumps (k ≪ ν0). Under MAS with rotor-averaged frequencies it is the
+infinite spinning-speed limit, which needs both k and each site's anisotropic excursion ≪ ν_rot (the
+jumps would otherwise interrupt the rotor's refocusing and the sidebands would carry intensity);
+rotor.py propagates over the rotor period at finite speed and states when this limit holds.
 """
 from __future__ import annotations
 
@@ -58,6 +61,33 @@ def detailed_balance_violation(K: np.ndarray, p_eq: np.ndarray) -> float:
     return float(np.abs(off).max() / scale) if scale > 0 else 0.0
 
 
+def _check_rate_matrix(K, n: int) -> np.ndarray:
+    K = np.asarray(K, dtype=float)
+    if K.shape != (n, n):
+        raise ValueError(f"K {K.shape} must match {n} sites")
+    if np.abs(K.sum(axis=0)).max() > 1e-9 * max(1.0, np.abs(K).max()):
+        raise ValueError("columns of K must sum to zero (dp/dt = K p)")
+    return K
+
+
+def sum_lorentzians(mu: np.ndarray, amp: np.ndarray, axis_Hz: np.ndarray, max_block: int = 2_000_000) -> np.ndarray:
+    """S(ν) = Σ_l 2 Re[c_l / (2πiν − μ_l)]: the spectrum of the FID Σ_l c_l e^{μ_l t} (each line has area Re c_l)."""
+    axis = np.asarray(axis_Hz, dtype=float)
+    spec = np.zeros(len(axis))
+    if len(amp):
+        keep = np.abs(amp) > 1e-14 * np.abs(amp).max()
+        mu, amp = mu[keep], amp[keep]
+    # real arithmetic: c / (γ + iδ) with γ = −Re μ, δ = ω − Im μ
+    w = 2.0 * np.pi * axis
+    step = max(1, max_block // max(1, len(axis)))
+    for s in range(0, len(mu), step):
+        g = -mu.real[s:s + step, None]
+        d = w[None, :] - mu.imag[s:s + step, None]
+        c = amp[s:s + step, None]
+        spec += (2.0 * (c.real * g + c.imag * d) / (g * g + d * d)).sum(axis=0)
+    return spec
+
+
 def _check_populations(p_eq) -> np.ndarray:
     p = np.asarray(p_eq, dtype=float)
     if p.ndim != 1 or np.any(p <= 0):
@@ -83,11 +113,9 @@ def lineshape(
     f = np.atleast_2d(np.asarray(freqs_Hz, dtype=float))
     n_or, n = f.shape
     p = _check_populations(p_eq)
-    K = np.asarray(K, dtype=float)
-    if K.shape != (n, n) or p.shape != (n,):
-        raise ValueError(f"K {K.shape} and p_eq {p.shape} must match {n} sites")
-    if np.abs(K.sum(axis=0)).max() > 1e-9 * max(1.0, np.abs(K).max()):
-        raise ValueError("columns of K must sum to zero (dp/dt = K p)")
+    K = _check_rate_matrix(K, n)
+    if p.shape != (n,):
+        raise ValueError(f"p_eq {p.shape} must match {n} sites")
     lam = np.broadcast_to(np.pi * np.asarray(fwhm_Hz, dtype=float), (n,))
     if np.any(lam <= 0):
         raise ValueError("fwhm_Hz must be positive")
@@ -106,14 +134,8 @@ def lineshape(
     amp = V.sum(axis=1) * (Vinv @ p) * w[:, None]
     # 1-norm condition number of the eigenvectors (cheaper than the SVD of np.linalg.cond)
     cond = np.abs(V).sum(axis=1).max(axis=1) * np.abs(Vinv).sum(axis=1).max(axis=1)
-    spec = np.zeros(len(axis))
     good = np.where(cond < 1e8)[0]
-    mu_g, amp_g = mu[good].ravel(), amp[good].ravel()
-    keep = np.abs(amp_g) > 1e-14 * np.abs(amp_g).max() if len(amp_g) else slice(None)
-    mu_g, amp_g = mu_g[keep], amp_g[keep]
-    step = max(1, max_block // max(1, len(axis)))
-    for s in range(0, len(mu_g), step):
-        spec += 2.0 * np.real(amp_g[s:s + step, None] / (iw[None, :] - mu_g[s:s + step, None])).sum(axis=0)
+    spec = sum_lorentzians(mu[good].ravel(), amp[good].ravel(), axis, max_block)
     # near-defective A (exceptional points of the exchange matrix): solve directly per frequency
     for o in np.where(cond >= 1e8)[0]:
         M = iw[:, None, None] * np.eye(n) - A[o][None]

@@ -11,6 +11,10 @@ The two kinds of averaging differ for the quadrupolar term, which is second orde
 ≪ ν0) average each site's central-transition frequency, so even k → ∞ keeps ⟨ν^(2)(V)⟩; motion faster
 than the Larmor period (C, the MD of Eq. 5.10) averages V itself, giving ν^(2)(⟨V⟩). For shielding,
 first order, both coincide.
+Under MAS the spinning rate decides the model (rotor.mas_lineshape): rotor-period propagation with its
+spinning sidebands (EXPRESS) at finite speed, the rotor-averaged frequencies (infinite-speed limit) where
+rotor.infinite_speed_valid holds: ν_rot ≥ 10 × the largest anisotropic excursion and jump rate, and the
+broadening that limit leaves out ≤ 5 % of the line width.
 """
 from __future__ import annotations
 
@@ -19,18 +23,21 @@ from pathlib import Path
 
 import numpy as np
 
-from . import exchange, powder
+from . import exchange, powder, rotor
 
 PANELS = {"A": "static", "B": "intermediate", "C": "fast", "D": "fast + intermediate"}
 
 
 @dataclass
 class Experiment:
-    """Acquisition: nucleus, field, spinning, broadening, ppm window."""
+    """Acquisition: nucleus, field, spinning, broadening, ppm window.
+
+    spin_rate_Hz: the MAS rate (the thesis's experiments: 20 kHz); np.inf for the infinite-speed limit."""
 
     isotope: str = "17O"
     field_T: float = 23.5
     mas: bool = True
+    spin_rate_Hz: float = 20_000.0
     fwhm_Hz: float = 300.0
     ppm_min: float = -100.0
     ppm_max: float = 400.0
@@ -65,15 +72,37 @@ def nucleus_spectra(
     nu0 = larmor_Hz(exp.isotope, exp.field_T)
     dirs, w = powder.orientations(exp.orientation_scheme, exp.n_orientations)
     axis_Hz = exp.axis_ppm * nu0 * 1e-6
+    spin = isotope_data(exp.isotope).spin
     out = np.empty((n_nuc, len(axis_Hz)))
     for a in range(n_nuc):
-        f = powder.site_freqs_Hz(
-            dirs, nu0, delta_ppm[:, a], None if Q_Hz is None else np.asarray(Q_Hz)[:, a],
-            spin=isotope_data(exp.isotope).spin, mas=exp.mas,
-        )
+        Q_a = None if Q_Hz is None else np.asarray(Q_Hz)[:, a]
+        if exp.mas:
+            s, _ = rotor.mas_lineshape(dirs, w, nu0, delta_ppm[:, a], Q_a, spin, K, p_eq, axis_Hz, exp.fwhm_Hz,
+                                       exp.spin_rate_Hz)
+        else:
+            f = powder.site_freqs_Hz(dirs, nu0, delta_ppm[:, a], Q_a, spin=spin, mas=False)
+            s = exchange.lineshape(f, K, p_eq, axis_Hz, exp.fwhm_Hz, w)
         # per ppm rather than per Hz, so panels on the ppm axis integrate to the nucleus count
-        out[a] = exchange.lineshape(f, K, p_eq, axis_Hz, exp.fwhm_Hz, w) * nu0 * 1e-6
+        out[a] = s * nu0 * 1e-6
     return out
+
+
+def mas_model(delta_ppm: np.ndarray, Q_Hz: np.ndarray | None, K: np.ndarray, exp: Experiment) -> str:
+    """'finite-speed' or 'infinite-speed': what nucleus_spectra uses for these tensors (n_states, n_nuclei,
+    3, 3) and jumps under exp (the most demanding nucleus decides)."""
+    from .tensors import isotope_data, larmor_Hz
+
+    if not exp.mas:
+        return "static"
+    nu0 = larmor_Hz(exp.isotope, exp.field_T)
+    dirs, _ = powder.orientations(exp.orientation_scheme, exp.n_orientations)
+    delta_ppm = np.asarray(delta_ppm, dtype=float)
+    for a in range(delta_ppm.shape[1]):
+        coef = rotor.frequency_harmonics(dirs, nu0, delta_ppm[:, a], None if Q_Hz is None else np.asarray(Q_Hz)[:, a],
+                                         isotope_data(exp.isotope).spin)
+        if not rotor.infinite_speed_valid(coef, K, exp.spin_rate_Hz, exp.fwhm_Hz):
+            return "finite-speed"
+    return "infinite-speed"
 
 
 def four_panels(static: tuple, fast: tuple | None, K: np.ndarray, p_eq: np.ndarray, exp: Experiment) -> dict:
