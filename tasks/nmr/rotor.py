@@ -238,6 +238,7 @@ def lineshape(
     n_steps: int | None = None,
     mirror: bool | None = None,
     cond_max: float = 1e8,
+    block_elements: int = 2_000_000,
 ) -> np.ndarray:
     """Orientation- and γ-averaged exchange spectrum at finite spinning speed on axis_Hz, ∫S dν ≈ 1.
 
@@ -265,11 +266,16 @@ def lineshape(
     if n_steps is None:
         n_steps = n_steps_for(coef, K, spin_rate_Hz, reference)
     axis = np.asarray(axis_Hz, dtype=float)
-    mu, amp, bad = sideband_lines(step_frequencies_Hz(coef, n_steps), K, p, spin_rate_Hz, fwhm_Hz, w, reference,
-                                    cond_max)
-    spec = exchange.sum_lorentzians(*prune(mu, amp), axis)
-    for b in bad:
-        spec += _resolvent_spectrum(axis_Hz=axis, **b)
+    spec = np.zeros(len(axis))
+    # orientations in blocks: the step propagators take n_steps·n² complex numbers per orientation
+    block = max(1, int(block_elements // (n_steps * n * n)))
+    for o in range(0, len(coef), block):
+        sl = slice(o, o + block)
+        mu, amp, bad = sideband_lines(step_frequencies_Hz(coef[sl], n_steps), K, p, spin_rate_Hz, fwhm_Hz, w[sl],
+                                      reference[sl], cond_max)
+        spec += exchange.sum_lorentzians(*prune(mu, amp), axis)
+        for b in bad:
+            spec += _resolvent_spectrum(axis_Hz=axis, **b)
     return spec
 
 
