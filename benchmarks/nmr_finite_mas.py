@@ -61,7 +61,7 @@ def spectra(delta, k, rate, n_orient, axis):
     coef = rotor.frequency_harmonics(dirs, NU0, delta, None)
     K = exchange.rate_matrix(2, {(0, 1): k, (1, 0): k})
     p = np.array([0.5, 0.5])
-    n_steps = rotor.n_steps_for(coef, K, rate, np.real(coef[:, 0]) @ p)
+    n_steps = rotor.n_steps_for(coef, rate, np.real(coef[:, 0]) @ p)
     finite = rotor.lineshape(coef, K, p, axis, rate, FWHM_HZ, w)
     infinite = exchange.lineshape(np.real(coef[:, 0]), K, p, axis, FWHM_HZ, w)
     chosen = "infinite-speed" if rotor.infinite_speed_valid(coef, K, rate, FWHM_HZ) else "finite-speed"

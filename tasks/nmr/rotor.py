@@ -34,6 +34,8 @@ FAST_PATH_FACTOR = 10.0
 MISSED_WIDTH_FRACTION = 0.05
 # harmonics 0…±4 of ν(φ): sampling at 9 rotor phases gives them exactly
 N_PHASES = 9
+# modes of the period propagator damped by more than e^{-MAX_DECAY} per period (jumps much faster than
+# ν_rot) are dropped: their lines are wider than ~10 ν_rot and their weight is of order (Δν/k)²
 MAX_DECAY = 30.0
 
 
@@ -105,12 +107,13 @@ def infinite_speed_valid(coef: np.ndarray, K: np.ndarray, spin_rate_Hz: float, f
             and missed <= width_fraction * float(np.min(fwhm_Hz)))
 
 
-def n_steps_for(coef: np.ndarray, K: np.ndarray, spin_rate_Hz: float, reference_Hz: np.ndarray,
+def n_steps_for(coef: np.ndarray, spin_rate_Hz: float, reference_Hz: np.ndarray,
                 min_steps: int = 16, max_phase_step: float = 0.1) -> int:
     """Steps per rotor period, a power of 2: enough harmonics to hold every sideband (the window
     N·ν_rot covers 3× the largest offset from the reference) and a phase change per step
-    2π·Δν·Δt ≤ max_phase_step (Δν the rotor-modulated excursion), which bounds the time-ordering
-    error of piecewise-constant frequencies; jumps themselves are exact within a step."""
+    2π·Δν·Δt ≤ max_phase_step (Δν the rotor-modulated excursion). K is constant, so the error of
+    piecewise-constant frequencies, from their commutator with K, is bounded by the same phase step
+    (converged to < 0.5 % at k = 2.4·10⁵ s⁻¹, tests/test_nmr_finite_mas.py)."""
     nu = frequency_on_phases(coef, 2.0 * np.pi * np.arange(64) / 64)
     offset = np.abs(nu - reference_Hz[:, None, None]).max() if nu.size else 0.0
     aniso = anisotropic_excursion_Hz(coef)
@@ -264,7 +267,7 @@ def lineshape(
         w = np.concatenate([w, w]) / 2.0
     reference = np.real(coef[:, 0]) @ p
     if n_steps is None:
-        n_steps = n_steps_for(coef, K, spin_rate_Hz, reference)
+        n_steps = n_steps_for(coef, spin_rate_Hz, reference)
     axis = np.asarray(axis_Hz, dtype=float)
     spec = np.zeros(len(axis))
     # orientations in blocks: the step propagators take n_steps·n² complex numbers per orientation
