@@ -50,6 +50,15 @@ def test_forward_barrier_follows_the_band_direction():
     assert forward_barrier(A, -1) == pytest.approx((0.9, 4, 3))  # from the far end: −0.4 up to 0.5
 
 
+def test_an_early_barrier_on_a_downhill_reaction_is_split_at_the_band_top():
+    # A(ξ) of a strongly exothermic step (the quickstart's heterolytic split): the top comes early, so
+    # the middle of the range is already on the product side, below the reactant
+    A = np.array([0.65, 0.81, 0.6, 0.3, 0.0, -0.2, -0.3, -0.33])
+    assert forward_barrier(A, 1)[0] == 0.0  # halves: "reactant" at index 3, downhill from there
+    assert forward_barrier(A, 1, split=1) == pytest.approx((0.16, 0, 1))  # divided at the band's top
+    assert forward_barrier(A[::-1], -1, split=6) == pytest.approx((0.16, 7, 6))
+
+
 @pytest.fixture(scope="module")
 def profiles_300K():
     windows = exact_windows(300.0, 3000)

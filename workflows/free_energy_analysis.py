@@ -47,22 +47,29 @@ class Profile:
     xi_barrier: float
 
 
-def forward_barrier(A: np.ndarray, direction: int = 1) -> tuple[float, int, int]:
+def forward_barrier(A: np.ndarray, direction: int = 1, split: int | None = None) -> tuple[float, int, int]:
     """(ΔA‡, index of the reactant minimum, index of the top) along the band's direction (+1: ξ grows
-    from initial to final state, −1: it shrinks). The reactant and product minima are the lowest A of
-    the first and second half of the range; the top is the highest A between them, so the walls beyond
-    the band's ends, which the outer windows sample, are no barrier."""
+    from initial to final state, −1: it shrinks). The reactant and product minima are the lowest A
+    before and after `split` (the grid index where the basins divide: the band's highest image; default
+    the middle of the range); the top is the highest A between them, so the walls beyond the band's
+    ends, which the outer windows sample, are no barrier. An early barrier on a downhill reaction needs
+    the split: the middle of the range then lies on the product side, below the reactant."""
     order = np.arange(len(A)) if direction >= 0 else np.arange(len(A))[::-1]
     a = np.asarray(A, float)[order]
-    half = len(a) // 2
+    half = len(a) // 2 if split is None else int(np.clip(np.where(order == split)[0][0], 1, len(a) - 1))
     low = int(np.nanargmin(a[:half]))
     product = half + int(np.nanargmin(a[half:]))
     top = low + int(np.nanargmax(a[low:product + 1]))
     return float(a[top] - a[low]), int(order[low]), int(order[top])
 
 
-def _profile(xi: np.ndarray, A: np.ndarray, direction: int) -> tuple[np.ndarray, float, int, int]:
-    barrier, low, top = forward_barrier(A, direction)
+def split_index(xi: np.ndarray, divide: float | None) -> int | None:
+    """The grid index nearest ξ = `divide` (None: no divide given)."""
+    return None if divide is None else int(np.argmin(np.abs(np.asarray(xi) - divide)))
+
+
+def _profile(xi: np.ndarray, A: np.ndarray, direction: int, divide: float | None) -> tuple[np.ndarray, float, int, int]:
+    barrier, low, top = forward_barrier(A, direction, split_index(xi, divide))
     return A - A[low], barrier, low, top
 
 
@@ -87,8 +94,9 @@ def _integrate(xi, windows: list[Window], series: list[np.ndarray], kT: float) -
 
 
 def umbrella_integration(windows: list[Window], temperature_K: float, *, n_blocks: int = 8,
-                         n_grid: int = 500, direction: int = 1) -> Profile:
-    """A(ξ) between the lowest and highest window mean, with block-averaged errors."""
+                         n_grid: int = 500, direction: int = 1, divide: float | None = None) -> Profile:
+    """A(ξ) between the lowest and highest window mean, with block-averaged errors; `divide` is the ξ
+    between reactant and product basins (forward_barrier)."""
     if len(windows) < 2:
         raise ValueError("umbrella integration needs at least two windows")
     kT = units.kB * temperature_K
@@ -98,13 +106,13 @@ def umbrella_integration(windows: list[Window], temperature_K: float, *, n_block
     means = [np.mean(w.samples) for w in windows]
     xi = np.linspace(min(means), max(means), n_grid)
     A, barrier, low, top = _profile(xi, _integrate(xi, windows, [np.asarray(w.samples) for w in windows], kT),
-                                    direction)
+                                    direction, divide)
     blocks, barriers = [], []
     for b in range(n_blocks):
         part = [np.array_split(np.asarray(w.samples), n_blocks)[b] for w in windows]
         Ab = _integrate(xi, windows, part, kT)
         blocks.append(Ab - Ab[low])  # every block's profile referred to the same ξ as the full one
-        barriers.append(forward_barrier(Ab, direction)[0])
+        barriers.append(forward_barrier(Ab, direction, split_index(xi, divide))[0])
     sigma = np.std(blocks, axis=0, ddof=1) / np.sqrt(n_blocks)
     error = float(np.std(barriers, ddof=1) / np.sqrt(n_blocks))
     return Profile(xi, A, sigma, barrier, error, float(xi[low]), float(xi[top]))
@@ -129,7 +137,8 @@ def decorrelated(samples: np.ndarray) -> np.ndarray:
 
 
 def mbar_profile(windows: list[Window], temperature_K: float, *, bin_width: float = 0.01,
-                 direction: int = 1, subsample: bool = True, guess: Profile | None = None) -> Profile:
+                 direction: int = 1, subsample: bool = True, guess: Profile | None = None,
+                 divide: float | None = None) -> Profile:
     """A(ξ) from MBAR (pymbar's FES, histogram) over the same range as umbrella integration, with
     pymbar's analytical uncertainties of A relative to the reactant-minimum bin. `guess` (the umbrella
     integration profile) only starts the solver: its window free energies cut the iterations."""
@@ -156,7 +165,7 @@ def mbar_profile(windows: list[Window], temperature_K: float, *, bin_width: floa
     mids = mids[(mids >= lo) & (mids <= hi) & populated]
     first = fes.get_fes(mids, reference_point="from-lowest", uncertainty_method=None)
     f = np.asarray(first["f_i"], float) / beta
-    _, low, top = forward_barrier(f, direction)
+    _, low, top = forward_barrier(f, direction, split_index(mids, divide))
     ref = fes.get_fes(mids, reference_point="from-specified", fes_reference=mids[low],
                       uncertainty_method="analytical")
     A = np.asarray(ref["f_i"], float) / beta
