@@ -54,6 +54,18 @@ class Deduplication(Strict):
     threshold: float = Field(0.05, gt=0, description="largest per-atom SOAP distance √(2 − 2 p·q) of one minimum")
 
 
+class ExplorationActiveLearning(Strict):
+    """Active learning during the hops (thesis §3.4.3: ten AL iterations): a search whose MD or relaxation
+    exceeds σ_thr stops at that configuration, which is labelled with the run's reference; the model is
+    refitted on the run's labels plus these and every interrupted start continues from its last minimum
+    with the new model, until no search breaches. The last allowed round hops without the interrupt, and
+    how many minima stay above σ_thr is reported. Needs `run` (its labels); with `model` σ is only
+    monitored."""
+
+    enabled: bool = True
+    max_iterations: int = Field(10, ge=0)
+
+
 class ExplorationValidation(Strict):
     """The lowest unique minima of each intermediate relaxed on the run's reference (thesis: 25 minima to
     0.01 eV/Å), with the bare site slab: E_ads error and RMSD of each."""
@@ -74,7 +86,9 @@ class ExplorationProtocol(ProtocolFile):
     starts: ExplorationStarts = ExplorationStarts()
     hopping: Hopping = Hopping()
     deduplication: Deduplication = Deduplication()
-    sigma_thr_eV: float | None = Field(None, gt=0, description="minima above it are counted; default: the run's")
+    sigma_thr_eV: float | None = Field(None, gt=0, description="the hops' active-learning threshold; minima above "
+                                                               "it are counted; default: the run's")
+    active_learning: ExplorationActiveLearning = ExplorationActiveLearning()
     validation: ExplorationValidation = ExplorationValidation()
     seed: int = 0
 

@@ -76,6 +76,10 @@ class MinimaHoppingResult(Strict):
     sigma_per_minimum_eV: list[float] = Field(default_factory=list, description="largest per-atom σ of each minimum")
     hops: int = Field(0, description="MD + optimisation hops performed")
     resumed: bool = Field(False, description="continued a search an earlier attempt had started")
+    breaching: AtomsField | None = Field(None, description="the configuration whose σ exceeded the spec's "
+                                                           "sigma_thr_eV; the search stopped there")
+    max_sigma_eV: float | None = Field(None, description="largest per-atom σ of any evaluation of the search "
+                                                         "(this attempt's, when resumed)")
 
 
 class UmbrellaWindowResult(Strict):

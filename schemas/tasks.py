@@ -371,6 +371,8 @@ class MinimaHoppingSpec(TaskBase):
     max_hops: int = Field(100, ge=1, description="stop after this many MD + optimisation hops in any case")
     max_optimisation_steps: int = Field(1000, ge=1, description="cap on each local relaxation of a hop")
     fixed_atoms: list[int] = Field(default_factory=list)
+    sigma_thr_eV: float | None = Field(None, gt=0, description="stop at the first evaluation (MD or relaxation) "
+                                                               "whose per-atom σ exceeds it and return it to label")
     seed: int = 0
 
 

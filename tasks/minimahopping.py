@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.io import Trajectory, write
+from ase.io import Trajectory, read, write
 
 from reactforge.schemas.results import MinimaHoppingResult
 from reactforge.schemas.tasks import MinimaHoppingSpec
@@ -32,9 +32,33 @@ class _EnoughMinima(Exception):
     """Raised once n_minima distinct minima are on record (MinimaHopping has no such stop rule)."""
 
 
+class _Breach(Exception):
+    """Raised by the first evaluation whose per-atom σ exceeds the spec's σ_thr (thesis §3.4.3: a hop
+    whose MD breaches is interrupted and the configuration labelled)."""
+
+
+def _watch_sigma(calc, threshold: float | None, folder: Path) -> dict:
+    """Every evaluation of the search (hop MD and relaxations alike) goes through `calc.calculate`:
+    MinimaHopping builds its own MD and optimiser, so the calculator is the one place that sees every
+    configuration. The largest per-atom σ seen is kept; with a threshold, the first evaluation above it
+    is written to breach.traj and stops the search."""
+    calculate, seen = calc.calculate, {"max_sigma_eV": 0.0}
+
+    def checked(*args, **kwargs):
+        calculate(*args, **kwargs)
+        sigma = np.asarray(calc.results["sigma_per_atom"], dtype=float)
+        peak = float(sigma.max()) if np.isfinite(sigma).all() else np.inf
+        seen["max_sigma_eV"] = max(seen["max_sigma_eV"], peak)
+        if threshold is not None and peak > threshold:
+            write(folder / "breach.traj", plain_atoms(calc.atoms))
+            raise _Breach
+
+    calc.calculate = checked
+    return seen
+
+
 def _hop(folder: Path) -> None:
     """The search itself (runs in the child process, cwd = folder)."""
-    from ase.io import read
     from ase.optimize import QuasiNewton
     from ase.optimize.minimahopping import MinimaHopping
 
@@ -45,6 +69,8 @@ def _hop(folder: Path) -> None:
     atoms = read(folder / "input.traj")
     mlff = load_mlff(spec.model, device)
     atoms.calc = mlff
+    (folder / "breach.traj").unlink(missing_ok=True)
+    seen = _watch_sigma(mlff, spec.sigma_thr_eV, folder)
 
     class Relax(QuasiNewton):
         # MinimaHopping runs its optimiser without a step limit; on a poor MLFF surface the line
@@ -72,18 +98,22 @@ def _hop(folder: Path) -> None:
     )
     try:
         hopping(totalsteps=spec.max_hops + 1)  # ASE counts the initial relaxation as step 0
-    except _EnoughMinima:
+    except (_EnoughMinima, _Breach):
         pass
+    del mlff.calculate  # the minima below are read, not searched
 
-    # σ of each minimum, for sampling decisions (the minima file keeps energies, not σ).
+    # σ of each minimum, for sampling decisions (the minima file keeps energies, not σ). A search
+    # stopped by its first relaxation has no minima file.
     sigmas = []
-    with Trajectory("minima.traj") as traj:
-        for minimum in traj:
-            minimum.calc = mlff
-            minimum.get_potential_energy()
-            sigmas.append(float(np.max(mlff.results["sigma_per_atom"])))
+    if Path("minima.traj").exists():
+        with Trajectory("minima.traj") as traj:
+            for minimum in traj:
+                minimum.calc = mlff
+                minimum.get_potential_energy()
+                sigmas.append(float(np.max(mlff.results["sigma_per_atom"])))
     tmp = folder / "sigma.json.tmp"
-    tmp.write_text(json.dumps({"sigma_per_minimum_eV": sigmas, "hops": max(hopping._counter - 1, 0)}))
+    tmp.write_text(json.dumps({"sigma_per_minimum_eV": sigmas, "hops": max(hopping._counter - 1, 0),
+                               "max_sigma_eV": seen["max_sigma_eV"]}))
     tmp.rename(folder / "sigma.json")
 
 
@@ -147,16 +177,20 @@ def _collect(folder: Path, resumed: bool) -> MinimaHoppingResult:
 
     extra = json.loads((folder / "sigma.json").read_text())
     minima, energies = [], []
-    with Trajectory(folder / "minima.traj") as traj:
-        for minimum in traj:
-            energies.append(float(minimum.get_potential_energy()))
-            minima.append(plain_atoms(minimum))
+    if (folder / "minima.traj").exists():
+        with Trajectory(folder / "minima.traj") as traj:
+            for minimum in traj:
+                energies.append(float(minimum.get_potential_energy()))
+                minima.append(plain_atoms(minimum))
+    breach = folder / "breach.traj"
     return MinimaHoppingResult(
         minima=minima,
         energies_eV=energies,
         sigma_per_minimum_eV=extra["sigma_per_minimum_eV"],
         hops=extra["hops"],
         resumed=resumed,
+        breaching=plain_atoms(read(breach)) if breach.exists() else None,
+        max_sigma_eV=extra.get("max_sigma_eV"),
     )
 
 

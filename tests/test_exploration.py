@@ -126,3 +126,79 @@ def test_adatom_on_fcc111_finds_exactly_the_fcc_and_hcp_hollows(tmp_path, tiny_g
     assert entry["validated"] == 2
     assert entry["max_abs_error_eV"] < 0.1 and entry["max_rmsd_A"] < 0.2
     assert (run_dir / "report" / "exploration.png").stat().st_size > 0
+
+
+def _labelled_run(path: Path, model, training_set) -> Path:
+    """finished_run with its labels: active learning refits them with the new ones."""
+    from reactforge.schemas.results import SinglePointResult
+
+    source = finished_run(path, model)
+    store = Store(source)
+    for k, a in enumerate(training_set):
+        plain = a.copy()
+        plain.info, plain.calc = {}, None
+        del plain.arrays["REF_forces"]
+        stress = a.info.get("REF_stress")
+        store.add_label(SinglePointResult(atoms=plain, energy_eV=a.info["REF_energy"],
+                                          forces_eV_per_A=a.arrays["REF_forces"].tolist(),
+                                          stress_eV_per_A3=None if stress is None else list(stress), reference="emt"),
+                        block="initial", iteration=0, reason="test set", task=f"task{k:03d}",
+                        config_type=a.info.get("config_type"))
+    return source
+
+
+def _sigmas(model, structures):
+    from reactforge.tasks.mlff import load_mlff
+
+    calc, out = load_mlff(model), []
+    for a in structures:
+        a = a.copy()
+        a.calc = calc
+        a.get_potential_energy()
+        out.append(float(np.max(calc.results["sigma_per_atom"])))
+    return out
+
+
+def test_a_breaching_search_is_labelled_the_model_refitted_and_the_start_continued(
+        tmp_path, tiny_gap_model, emt_cu_training_set):
+    source = _labelled_run(tmp_path / "catalysis", tiny_gap_model, emt_cu_training_set)
+    # σ_thr between the tiny GAP's σ in the hollows it relaxes into and what 2000 K MD reaches: the
+    # searches record minima, then a hop's MD breaches and stops them
+    p = ExplorationProtocol.model_validate({
+        "workflow": "exploration", "name": "explore", "run": str(source), "sigma_thr_eV": SIGMA_THR,
+        "starts": {"per_intermediate": 2, "candidates": 8, "radius_A": 2.0, "rattle_A": 0.1},
+        "hopping": {"T0_K": 2000.0, "max_hops": 4, "n_minima": 4, "mdmin": 1, "fmax_eV_per_A": 0.02},
+        "active_learning": {"max_iterations": 1}, "validation": {"enabled": False}})
+    assert any("σ_thr" in line and "≤ 1 rounds" in line for line in exploration.plan(p))
+    run_dir = tmp_path / "explore"
+    store = Store(run_dir)
+    site = validate("local", read_yaml(ROOT / "site-configs" / "local.yaml"), SiteConfig)
+    with Engine(site, run_dir) as engine:
+        out = exploration.run(p, engine, store, Quiet())
+    learning = out["exploration_active_learning"]
+    first, second = learning["history"]
+    assert first["searches"] == 2 and first["breached"] >= 1
+    assert second["searches"] == first["breached"] and second["model"] != first["model"]  # continued, refitted
+    assert first["interrupted"] and not second["interrupted"]  # the last round searches to the end
+    # ... and reports what it saw: a miss never reads as met
+    assert learning["termination_met"] == (second["breached"] == 0)
+    assert (second["breached"] > 0) == (second["max_sigma_eV"] > SIGMA_THR)
+    assert second["minima_relaxed_again"] >= 1  # minima of the first model, relaxed with the final one
+    new = store.training_set(block="exploration")
+    assert len(new) == learning["labels_added"] == first["breached"]
+    assert {a.info["reason"] for a in new} == {"minima hopping σ breach"}
+    assert all(a.info["iteration"] == 1 for a in new)
+    assert store.count() == len(emt_cu_training_set) + len(new)  # the run's labels refitted with the new
+    final = out["model"]
+    assert final["sha256"] == second["model"] != tiny_gap_model.sha256
+    entry = out["exploration"]["intermediates"]["Cu@hollow"]
+    assert entry["sigma_breaches"] == first["breached"] and entry["minima_found"] >= 2
+    # every minimum reported is the final model's: its σ is what the final model says there
+    minima = read(run_dir / "exploration" / "minima.xyz", ":")
+    from reactforge.schemas.tasks import ModelRef
+
+    assert [m.info["sigma_eV"] for m in minima] == pytest.approx(_sigmas(ModelRef.model_validate(final), minima),
+                                                                 rel=1e-6)
+
+
+SIGMA_THR = 0.012

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import NamedTuple
 
+import numpy as np
 from ase import Atoms
 
 from reactforge.engine.futures import settled, then
@@ -148,6 +149,30 @@ class Campaign:
         wait(in_flight)
         with self._lock:
             self._in_flight = [f for f in self._in_flight if not f.done()]
+
+    def import_labels(self, run_dir) -> int:
+        """A finished run's labels join this run's labels database (provenance kept, `source_run` added) and
+        this campaign's training set: a workflow that goes on from that run (free energy, exploration)
+        refits them with its own, as the run's next iteration would. Returns how many."""
+        from ase.constraints import FixAtoms
+
+        from reactforge.engine.store import Store
+
+        labels = Store(run_dir).training_set()
+        for a in labels:
+            plain = Atoms(numbers=a.numbers, positions=a.positions, cell=a.cell, pbc=a.pbc)
+            plain.set_constraint([c.copy() for c in a.constraints if isinstance(c, FixAtoms)])
+            stress = a.info.get("REF_stress")
+            result = SinglePointResult(atoms=plain, energy_eV=float(a.info["REF_energy"]),
+                                       forces_eV_per_A=np.asarray(a.arrays["REF_forces"]).tolist(),
+                                       stress_eV_per_A3=None if stress is None else np.asarray(stress).tolist(),
+                                       reference=str(a.info.get("reference", "")))
+            self.store.add_label(result, block=a.info["block"], iteration=a.info["iteration"], reason=a.info["reason"],
+                                 task=a.info["task"], energy_weight=a.info.get("energy_weight", 1.0),
+                                 force_weight=a.info.get("force_weight", 1.0), config_type=a.info.get("config_type"),
+                                 extra={"source_run": str(run_dir)})
+            self.labelled.add(a.info["task"])
+        return len(labels)
 
     # ------------------------------------------------------------------ training
     def retrain(self, name: str) -> ModelRef:

@@ -5,6 +5,10 @@ starts        per intermediate, block 3's placements around the active site on t
               nudged off the symmetric site so no relaxation stops at a saddle
 hopping       one `minimahopping` task per start, all submitted at once (the engine runs them
               concurrently, each checkpointed)
+σ_thr         a search whose MD or relaxation breaches σ_thr stops there; the configurations are labelled
+              with the run's reference, the model refitted on the run's labels plus these (Campaign), and
+              the interrupted starts continue from their last minimum, round after round (thesis: ten AL
+              iterations); minima of superseded models are relaxed again with the final one
 unique        the minima of all starts of an intermediate, lowest first, de-duplicated by the SOAP
               environments of the adsorbate's atoms (workflows/minima.py, appendix A's settings)
 E_ads         E(minimum) − E(site slab) − Σ n μ (workflows/adsorption.py): the site slab relaxed with
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import wait
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +31,25 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.geometry import find_mic
 from reactforge.engine.futures import settled
-from reactforge.schemas.tasks import MinimaHoppingSpec, OptimiseSpec
+from reactforge.schemas.tasks import EvaluateSpec, MinimaHoppingSpec, ModelRef, OptimiseSpec
 
 from . import adsorption
 from . import minima as dedup
-from .active_learning import SEED_STRIDE
+from .active_learning import SEED_STRIDE, BlockReport, Campaign
 
-BLOCK = "exploration"
+BLOCK = "exploration"  # the labels' block name
+
+
+@dataclass
+class Start:
+    """One start's search across active-learning rounds: where it continues from, the hops done, and the
+    minima found, each with the model that found it."""
+
+    origin: Atoms
+    hops: int = 0
+    found: list[tuple[Atoms, float, float, ModelRef]] = field(default_factory=list)
+    breaches: int = 0
+    failed: bool = False
 
 
 def read_sources(protocol):
@@ -75,6 +91,12 @@ def plan(protocol) -> list[str]:
              (f"unique minima: adsorbate SOAP (cutoff {d.cutoff_A} Å, l_max {d.l_max}, n_max {d.n_max}), "
               f"distance < {d.threshold} is a duplicate"),
              f"adsorption energies: μ of {', '.join(system.adsorbate_elements())} (the run's, else its gas references)"]
+    al = protocol.active_learning
+    thr = protocol.sigma_thr_eV or catalysis.sigma_thr_eV
+    lines.append(f"active learning: a search above σ_thr {thr * 1000:g} meV stops, is labelled with "
+                 f"{catalysis.reference.code}, the model refitted and the start continued; ≤ {al.max_iterations} "
+                 "rounds" if al.enabled and run_dir is not None else
+                 f"active learning: off (σ_thr {thr * 1000:g} meV is monitored)")
     lines.append(f"validation: the {v.n_lowest} lowest unique minima per intermediate relaxed with "
                  f"{catalysis.reference.code} to {v.fmax_eV_per_A} eV/Å" if v.enabled else "validation: off")
     return lines
@@ -104,6 +126,13 @@ class Exploration:
         self.names = _intermediates(protocol, self.system)
         self.n_slab = len(self.system.site_slab)
         self.sigma_thr = protocol.sigma_thr_eV or catalysis.sigma_thr_eV
+        self.learn = protocol.active_learning.enabled and self.run_dir is not None
+        self.campaign = None
+        if self.learn:
+            self.campaign = Campaign(engine, store, progress, catalysis.reference, catalysis.model, seed=protocol.seed)
+            self.campaign.model = self.model
+            self.campaign.import_labels(self.run_dir)
+        self.report = BlockReport(BLOCK, criterion="searches above σ_thr in a round = 0")
         d = protocol.deduplication
         self.soap = dedup.descriptor(self.system.elements, d.cutoff_A, d.l_max, d.n_max, d.atom_sigma_A, d.transition_A)
 
@@ -122,27 +151,99 @@ class Exploration:
             a.positions[self.n_slab:] += rng.normal(0.0, s.rattle_A, (len(a) - self.n_slab, 3))
         return placed
 
-    def _hop_spec(self, seed: int) -> MinimaHoppingSpec:
+    def _hop_spec(self, seed: int, hops: int, n_minima: int, stop: bool) -> MinimaHoppingSpec:
         h = self.p.hopping
         return MinimaHoppingSpec(model=self.model, T0_K=h.T0_K, Ediff0_eV=h.Ediff0_eV, mdmin=h.mdmin,
-                                 fmax_eV_per_A=h.fmax_eV_per_A, timestep_fs=h.timestep_fs, n_minima=h.n_minima,
-                                 max_hops=h.max_hops, max_optimisation_steps=h.max_optimisation_steps,
-                                 fixed_atoms=self.fixed, seed=seed)
+                                 fmax_eV_per_A=h.fmax_eV_per_A, timestep_fs=h.timestep_fs, n_minima=n_minima,
+                                 max_hops=hops, max_optimisation_steps=h.max_optimisation_steps,
+                                 fixed_atoms=self.fixed, sigma_thr_eV=self.sigma_thr if stop else None, seed=seed)
 
-    def hop(self) -> dict[str, list]:
-        """Every start's minimahopping task at once; per intermediate the results of its starts."""
-        starts = {n: self.starts(n) for n in self.names}
-        self.progress.set_stage(f"exploration: minima hopping from {sum(map(len, starts.values()))} starts")
-        futures = {n: [self.engine.submit(self._hop_spec(SEED_STRIDE * self.p.seed + 1000 * i + k), [a])
-                       for k, a in enumerate(s)] for i, (n, s) in enumerate(starts.items())}
-        wait([f for fs in futures.values() for f in fs])
-        out = {}
-        for n, fs in futures.items():
-            out[n] = [settled(f) for f in fs]
-            for k, f in enumerate(fs):
-                if f.exception() is not None:
-                    self.progress.log(f"{n}: minima hopping from start {k} failed: {f.exception()}")
+    def hop(self) -> dict[str, list[Start]]:
+        """Every start's minimahopping task at once, round after round: a search that breaches σ_thr stops
+        there, the configurations are labelled, the model refitted and those starts continue from their
+        last minimum with the hops and minima they have left. Decisions read the results in start order."""
+        h, al = self.p.hopping, self.p.active_learning
+        starts = {(n, k): Start(a) for n in self.names for k, a in enumerate(self.starts(n))}
+        pending = list(starts)
+        for iteration in range(al.max_iterations + 1):
+            last = not self.learn or iteration == al.max_iterations
+            self.progress.set_stage(f"exploration: minima hopping, round {iteration}, {len(pending)} of "
+                                    f"{len(starts)} starts")
+            futures = {key: self.engine.submit(
+                self._hop_spec(SEED_STRIDE * self.p.seed + 100_000 * iteration + 1000 * self.names.index(key[0])
+                               + key[1], max(h.max_hops - starts[key].hops, 1),
+                               max(h.n_minima - len(starts[key].found), 1), stop=not last),
+                [starts[key].origin]) for key in pending}
+            wait(futures.values())
+            breached = []
+            for key, f in futures.items():
+                start, r = starts[key], settled(f)
+                if r is None:
+                    start.failed = True
+                    self.progress.log(f"{key[0]}: minima hopping from start {key[1]} failed: {f.exception()}")
+                    continue
+                start.hops += r.hops
+                start.found += [(m, e, s, self.model) for m, e, s in zip(r.minima, r.energies_eV,
+                                                                         r.sigma_per_minimum_eV)]
+                if r.breaching is not None:
+                    breached.append((key, r.breaching))
+                    start.breaches += 1
+                    if r.minima:
+                        start.origin = r.minima[-1]
+            # the last round searches to the end: its breaches are those whose σ went above σ_thr
+            above = len(breached) if not last else sum(
+                (r.max_sigma_eV or 0.0) > self.sigma_thr for r in map(settled, futures.values()) if r is not None)
+            worst = max((r.max_sigma_eV or 0.0 for r in map(settled, futures.values()) if r is not None), default=None)
+            self.report.iterations = iteration
+            self.report.criterion_value = float(above)
+            self.report.history.append({"iteration": iteration, "searches": len(pending), "breached": above,
+                                        "max_sigma_eV": worst, "interrupted": not last, "model": self.model.sha256})
+            self.progress.log(f"exploration round {iteration}: {above} of {len(pending)} searches above σ_thr = "
+                              f"{self.sigma_thr * 1000:g} meV" + (f"; max σ {worst * 1000:.1f} meV" if worst else ""))
+            if not above:
+                self.report.termination_met = not any(s.failed for s in starts.values())
+                break
+            if last:
+                break
+            labels = self.campaign.label([a for _, a in breached], block=BLOCK, iteration=iteration + 1,
+                                         reason="minima hopping σ breach")
+            self.campaign.wait_labels()
+            self.report.count(labels)
+            self.model = self.campaign.retrain(f"{BLOCK}-{iteration + 1}")
+            pending = [key for key, _ in breached if starts[key].hops < h.max_hops and len(starts[key].found) < h.n_minima]
+            if not pending:
+                break
+        self._current_minima(starts)
+        out: dict[str, list[Start]] = {n: [] for n in self.names}
+        for (n, _), start in starts.items():
+            out[n].append(start)
         return out
+
+    def _current_minima(self, starts: dict) -> None:
+        """Minima found before the last refit are relaxed again with the final model (one `optimise` task
+        each) and their σ read with it (one `evaluate` per intermediate), so that every energy, σ and
+        E_ads compared below is the final model's."""
+        h = self.p.hopping
+        stale = [(key, i) for key, s in starts.items() for i, (_, _, _, model) in enumerate(s.found)
+                 if model.sha256 != self.model.sha256]
+        self.report.history[-1]["minima_relaxed_again"] = len(stale)
+        if not stale:
+            return
+        self.progress.set_stage(f"exploration: {len(stale)} minima relaxed again with the final model")
+        futures = [self._relax(starts[key].found[i][0], model=self.model, fmax_eV_per_A=h.fmax_eV_per_A,
+                               max_steps=h.max_optimisation_steps) for key, i in stale]
+        wait(futures)
+        relaxed = [(key, i, settled(f)) for (key, i), f in zip(stale, futures)]
+        ok = [(key, i, r) for key, i, r in relaxed if r is not None]
+        sigma = settled(self.engine.submit(EvaluateSpec(model=self.model), [r.final for _, _, r in ok])) if ok else None
+        for j, (key, i, r) in enumerate(ok):
+            s = max(sigma.sigma_per_atom_eV[j]) if sigma is not None else r.max_sigma_eV
+            starts[key].found[i] = (r.final, r.energy_eV, s, self.model)
+        dropped = {(key, i) for key, i, r in relaxed if r is None}
+        for key, i in sorted(dropped):
+            self.progress.log(f"{key[0]}: minimum {i} of start {key[1]} could not be relaxed with the final model")
+        for key, s in starts.items():
+            s.found = [m for i, m in enumerate(s.found) if (key, i) not in dropped]
 
     # ------------------------------------------------------------------ energies
     def chemical_potentials(self) -> tuple[dict[str, float] | None, str]:
@@ -167,19 +268,18 @@ class Exploration:
     def run(self) -> dict:
         mu, mu_source = self.chemical_potentials()
         h, v = self.p.hopping, self.p.validation
-        site_mlff = self._relax(self.system.site_slab, model=self.model, fmax_eV_per_A=h.fmax_eV_per_A,
-                                max_steps=h.max_optimisation_steps)
         results = self.hop()
-        e_site = settled(site_mlff)
+        e_site = settled(self._relax(self.system.site_slab, model=self.model, fmax_eV_per_A=h.fmax_eV_per_A,
+                                     max_steps=h.max_optimisation_steps))
         e_site = e_site.energy_eV if e_site is not None else None
         frames, out = [], {}
         for name in self.names:
             comp = {el: self.system.intermediates[name].get_chemical_symbols()[self.n_slab:].count(el)
                     for el in set(self.system.intermediates[name].get_chemical_symbols()[self.n_slab:])}
-            found = [(k, m, e, s) for k, r in enumerate(results[name]) if r is not None
-                     for m, e, s in zip(r.minima, r.energies_eV, r.sigma_per_minimum_eV)]
-            entry = {"starts": len(results[name]), "starts_failed": sum(r is None for r in results[name]),
-                     "hops": sum(r.hops for r in results[name] if r is not None), "minima_found": len(found)}
+            found = [(k, m, e, s) for k, start in enumerate(results[name]) for m, e, s, _ in start.found]
+            entry = {"starts": len(results[name]), "starts_failed": sum(s.failed for s in results[name]),
+                     "hops": sum(s.hops for s in results[name]), "minima_found": len(found),
+                     "sigma_breaches": sum(s.breaches for s in results[name])}
             kept, same_as = (dedup.unique([m for _, m, _, _ in found], [e for _, _, e, _ in found],
                                           range(self.n_slab, len(found[0][1])), self.soap,
                                           self.p.deduplication.threshold) if found else ([], []))
@@ -210,10 +310,12 @@ class Exploration:
                               f"{entry['unique_minima']} unique")
         self.store.write_xyz("exploration/minima.xyz", frames)
         self._figure(out)
+        learning = {**self.report.as_dict(), "enabled": self.learn,
+                    "labels_in_training_set": self.store.count() if self.learn else None}
         return {"exploration": {"intermediates": summary, "chemical_potentials_eV": mu, "mu_source": mu_source,
                                 "site_slab_mlff_eV": e_site, "sigma_thr_eV": self.sigma_thr,
                                 "minima": "exploration/minima.xyz", "figure": "report/exploration.png"},
-                "model": self.model.model_dump(mode="json")}
+                "exploration_active_learning": learning, "model": self.model.model_dump(mode="json")}
 
     # ------------------------------------------------------------------ validation on the reference
     def validate(self, out: dict, mu) -> dict:

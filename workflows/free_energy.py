@@ -24,11 +24,9 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.constraints import FixAtoms
 from ase.io import read
 
 from reactforge.engine.futures import settled
-from reactforge.schemas.results import SinglePointResult
 from reactforge.schemas.tasks import ModelRef, UmbrellaWindowSpec
 
 from .active_learning import SEED_STRIDE, BlockReport, Campaign
@@ -168,7 +166,7 @@ class FreeEnergy:
         if self.learn:
             self.campaign = Campaign(engine, store, progress, cat.reference, cat.model, seed=protocol.seed)
             self.campaign.model = self.model
-            self._import_labels()
+            self.campaign.import_labels(self.source.run_dir)
         self.fixed = protocol.fixed_atoms
         self.windows = {}  # (reaction, T, index) -> (centre, start structure)
         self.direction = {}
@@ -178,25 +176,6 @@ class FreeEnergy:
             for T in protocol.temperatures_K:
                 for k, (c, s) in enumerate(zip(centres, starts)):
                     self.windows[(r.name, T, k)] = (float(c), s)
-
-    def _import_labels(self):
-        """The catalysis run's labels join this run's labels database (provenance kept): retraining fits
-        them and the new ones, as the catalysis run's next iteration would."""
-        from reactforge.engine.store import Store
-
-        for a in Store(self.source.run_dir).training_set():
-            plain = Atoms(numbers=a.numbers, positions=a.positions, cell=a.cell, pbc=a.pbc)
-            plain.set_constraint([c.copy() for c in a.constraints if isinstance(c, FixAtoms)])
-            stress = a.info.get("REF_stress")
-            result = SinglePointResult(atoms=plain, energy_eV=float(a.info["REF_energy"]),
-                                       forces_eV_per_A=np.asarray(a.arrays["REF_forces"]).tolist(),
-                                       stress_eV_per_A3=None if stress is None else np.asarray(stress).tolist(),
-                                       reference=str(a.info.get("reference", "")))
-            self.store.add_label(result, block=a.info["block"], iteration=a.info["iteration"], reason=a.info["reason"],
-                                 task=a.info["task"], energy_weight=a.info.get("energy_weight", 1.0),
-                                 force_weight=a.info.get("force_weight", 1.0), config_type=a.info.get("config_type"),
-                                 extra={"source_run": str(self.source.run_dir)})
-            self.campaign.labelled.add(a.info["task"])
 
     def _spec(self, key, stop: bool) -> UmbrellaWindowSpec:
         """The window's task; with `stop` it returns (and stops at) frames above σ_thr, to be labelled."""
@@ -282,9 +261,12 @@ class FreeEnergy:
                     continue
                 windows = [Window(c, res.spring_eV_per_A2, np.asarray(res.cv_A)) for c, res in done]
                 direction = self.direction[r.name]
-                ui = umbrella_integration(windows, T, n_blocks=a.n_blocks, n_grid=a.grid_points, direction=direction)
+                # reactant and product basins divide at the band's highest image
+                divide = cv_value(band[int(np.argmax(energies))], r.cv) if band_barrier is not None else None
+                ui = umbrella_integration(windows, T, n_blocks=a.n_blocks, n_grid=a.grid_points, direction=direction,
+                                          divide=divide)
                 mbar = mbar_profile(windows, T, bin_width=a.mbar_bin_width_A, direction=direction,
-                                    guess=ui) if a.mbar else None
+                                    guess=ui, divide=divide) if a.mbar else None
                 profiles[(r.name, T)] = ui
                 name = f"free_energy/{r.name}_{T:g}K.dat"
                 self.store.write_text(name, _dat(ui, r, T))
