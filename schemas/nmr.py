@@ -86,6 +86,9 @@ class NMRSpectrumSettings(Strict):
     nuclei: list[int] | None = Field(None, description="atom indices observed (None = every atom of element)")
     field_T: float = Field(23.5, gt=0)
     mas: bool = True
+    spin_rate_Hz: float = Field(20_000.0, gt=0, description="MAS rate (thesis: 20 kHz); exchange is propagated over "
+                                                            "the rotor period, with sidebands, unless the "
+                                                            "infinite-speed limit holds (tasks/nmr/rotor.py)")
     fwhm_Hz: float = Field(300.0, gt=0, description="Lorentzian broadening")
     ppm_min: float = -100.0
     ppm_max: float = 400.0

@@ -51,7 +51,7 @@ def plan(protocol) -> list[str]:
     else:
         lines.append(f"CI-NEB ({p.rates.n_images} images) + vibrational analysis per minima pair, "
                      f"T = {p.rates.temperature_K} K")
-    lines.append(f"spectra: {s.isotope} at {s.field_T} T, {'MAS (infinite spinning speed)' if s.mas else 'static'}, "
+    lines.append(f"spectra: {s.isotope} at {s.field_T} T, {f'{s.spin_rate_Hz / 1000:g} kHz MAS' if s.mas else 'static'}, "
                  f"{s.orientation_scheme} {s.n_orientations} orientations, four panels of Fig. 5.1"
                  + (f", against {s.experimental}" if s.experimental else ""))
     return lines
@@ -243,7 +243,8 @@ class NMRWorkflow:
         self.nuclei_idx = self.nuclei(static[0].atoms)
         if not self.nuclei_idx:
             raise ValueError(f"no {s.element} atoms to observe")
-        exp = spectra.Experiment(isotope=s.isotope, field_T=s.field_T, mas=s.mas, fwhm_Hz=s.fwhm_Hz,
+        exp = spectra.Experiment(isotope=s.isotope, field_T=s.field_T, mas=s.mas, spin_rate_Hz=s.spin_rate_Hz,
+                                 fwhm_Hz=s.fwhm_Hz,
                                  ppm_min=s.ppm_min, ppm_max=s.ppm_max, n_points=s.n_points,
                                  orientation_scheme=s.orientation_scheme, n_orientations=s.n_orientations)
         static_stack = self.stacks([(r.shielding_ppm, r.efg_au) for r in static])
