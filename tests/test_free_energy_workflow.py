@@ -146,3 +146,26 @@ def test_a_run_without_its_band_is_refused(tmp_path, tiny_gap_model, emt_cu_trai
         FreeEnergyProtocol.model_validate({"workflow": "free_energy", "name": "x", "run": "r",
                                            "reactions": [{"name": "r", "cv": {"kind": "distance_difference",
                                                                                "atoms": [0, 1]}}]})
+
+
+def test_the_cv_follows_the_h_atom_the_band_moves():
+    """Block 6 may move either H of H2 to the O (its lowest like-atom permutation): [a, b, c] names the roles,
+    and the workflow takes the H that goes to c as b."""
+    from ase import Atoms
+    from reactforge.schemas.free_energy import CollectiveVariable
+
+    def image(h_moving):  # H0 stays by the metal; the moving H goes from H0 (0.75 Å) to the O (1.0 Å)
+        pos = {"O": [3.0, 0, 0], "H0": [0, 0, 0], "H1": [0.75, 0, 0]}
+        if h_moving:
+            pos["H1"] = [2.0, 0, 0]
+        return Atoms("OHH", positions=[pos["O"], pos["H0"], pos["H1"]], cell=[10, 10, 10], pbc=True)
+
+    band = [image(False), image(True)]
+    given = CollectiveVariable(kind="distance_difference", atoms=[2, 1, 0])  # b = atom 1, which stays
+    cv = free_energy.follow_band(given, band)
+    assert cv.atoms == [1, 2, 0]  # the H that moves (atom 2) is b
+    xi = [free_energy.cv_value(a, cv) for a in band]
+    assert xi[0] == pytest.approx(0.75 - 2.25) and xi[1] == pytest.approx(2.0 - 1.0)
+    assert free_energy.follow_band(cv, band) == cv  # already following: kept
+    same = CollectiveVariable(kind="distance", atoms=[2, 1])
+    assert free_energy.follow_band(same, band) == same  # d(a, b) = d(b, a): the protocol's order stays

@@ -16,6 +16,7 @@ output       summary.json `free_energy` (per reaction and temperature), free_ene
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from collections import Counter
 from concurrent.futures import wait
@@ -98,6 +99,28 @@ def cv_value(atoms: Atoms, cv) -> float:
     return float(d - atoms.get_distance(b, cv.atoms[2], mic=True)) if cv.kind == "distance_difference" else float(d)
 
 
+def follow_band(cv, band: list[Atoms]):
+    """The CV with its like atoms permuted so that ξ changes most from the band's first to its last image
+    (ties keep the protocol's order). Which of two H atoms a band moves is block 6's choice (the like-atom
+    permutation it found lowest), so the protocol's indices name roles, not particular atoms."""
+    symbols = band[0].get_chemical_symbols()
+    best, span = cv, -1.0
+    for perm in itertools.permutations(cv.atoms):
+        if any(symbols[p] != symbols[a] for p, a in zip(perm, cv.atoms)):
+            continue
+        trial = cv.model_copy(update={"atoms": list(perm)})
+        change = abs(cv_value(band[-1], trial) - cv_value(band[0], trial))
+        if change > span + 1e-6:
+            best, span = trial, change
+    return best
+
+
+def matched(protocol, source):
+    """The protocol with every reaction's CV following its band (follow_band)."""
+    reactions = [r.model_copy(update={"cv": follow_band(r.cv, source.bands[r.name])}) for r in protocol.reactions]
+    return protocol.model_copy(update={"reactions": reactions})
+
+
 def window_starts(band: list[Atoms], cv, n_windows: int, margin_A: float) -> tuple[np.ndarray, list[Atoms], int]:
     """Window centres from the band's initial to its final ξ (± margin), the band interpolated at each
     centre (linearly between the two images whose ξ bracket it; an end image beyond the band) and the
@@ -125,12 +148,15 @@ def window_starts(band: list[Atoms], cv, n_windows: int, margin_A: float) -> tup
 
 def plan(protocol) -> list[str]:
     source = read_source(protocol)
+    given = {r.name: r.cv.atoms for r in protocol.reactions}
+    protocol = matched(protocol, source)
     w, al = protocol.windows, protocol.active_learning
     lines = [f"model {source.model.model} ({len(source.model.paths)} file(s))"
              + (f" from run {source.run_dir}" if source.run_dir else "")]
     for r in protocol.reactions:
         centres, _, _ = window_starts(source.bands[r.name], r.cv, w.n_windows, w.margin_A)
-        lines.append(f"reaction {r.name}: ξ = {r.cv.kind} {r.cv.atoms}, {centres[0]:.2f} → {centres[-1]:.2f} Å "
+        permuted = f" (like atoms of {given[r.name]} permuted to follow the band)" if r.cv.atoms != given[r.name] else ""
+        lines.append(f"reaction {r.name}: ξ = {r.cv.kind} {r.cv.atoms}{permuted}, {centres[0]:.2f} → {centres[-1]:.2f} Å "
                      f"over {len(source.bands[r.name])} band images; {w.n_windows} windows at "
                      f"{', '.join(f'{t:g}' for t in protocol.temperatures_K)} K")
     lines.append(f"umbrellawindow: k = {w.spring_eV_per_A2} eV/Å², {w.equilibration_steps} + {w.production_steps} steps "
@@ -156,8 +182,9 @@ def run(protocol, engine, store, progress) -> dict:
 
 class FreeEnergy:
     def __init__(self, protocol, engine, store, progress):
-        self.p, self.engine, self.store, self.progress = protocol, engine, store, progress
+        self.engine, self.store, self.progress = engine, store, progress
         self.source = read_source(protocol)
+        self.p = protocol = matched(protocol, self.source)
         self.model = self.source.model
         al, cat = protocol.active_learning, self.source.catalysis
         self.learn = al.enabled and cat is not None
@@ -250,7 +277,7 @@ class FreeEnergy:
             for T in self.p.temperatures_K:
                 done = [(self.windows[k][0], results[k]) for k in sorted(self.windows) if k[:2] == (r.name, T)
                         and k in results and len(results[k].cv_A) >= 2 * a.n_blocks]
-                entry = {"windows": len(done), "samples": int(sum(len(res.cv_A) for _, res in done)),
+                entry = {"cv_atoms": list(r.cv.atoms), "windows": len(done), "samples": int(sum(len(res.cv_A) for _, res in done)),
                          "al_iterations": retrained_for[(r.name, T)], "band_barrier_eV": band_barrier,
                          "max_sigma_eV": max((res.max_sigma_eV or 0.0 for _, res in done), default=None),
                          "windows_above_sigma_thr": sum((res.max_sigma_eV or 0.0) > (self.sigma_thr or np.inf)
