@@ -4,10 +4,25 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SITE   ?= local-htex
 
-.PHONY: demo test test-all setup system-deps slurm-local browser bench clean-venv
+.PHONY: demo test test-all setup system-deps slurm-local browser bench clean-venv quickstart-run free-energy exploration
 
 demo: setup
 	$(VENV)/bin/reactforge run --site $(SITE) examples/quickstart.yaml
+
+# What the trained force field is for (thesis §3.4.3), on the quickstart's finished run: free-energy barriers
+# by umbrella sampling, adsorbate minima by minima hopping. Each runs `make demo` first when the quickstart run
+# is not complete (~40 min on 2 cores), then itself (~15 min each).
+QUICKSTART_RUN := runs/quickstart-zno-vacancy
+
+quickstart-run: setup
+	@$(PY) -c "import json, sys; sys.exit(json.load(open('$(QUICKSTART_RUN)/summary.json')).get('status') != 'completed')" \
+	  2>/dev/null || $(VENV)/bin/reactforge run --site $(SITE) examples/quickstart.yaml
+
+free-energy: quickstart-run
+	$(VENV)/bin/reactforge run --site $(SITE) examples/quickstart-free-energy.yaml
+
+exploration: quickstart-run
+	$(VENV)/bin/reactforge run --site $(SITE) examples/quickstart-exploration.yaml
 
 test: setup slurm-local browser
 	$(PY) -m pytest -q
@@ -17,12 +32,17 @@ test-all: setup
 
 setup: system-deps $(STAMP)
 
-# Quantum ESPRESSO and MPI from Debian (as root on fresh machines; skipped when pw.x exists).
+# Quantum ESPRESSO and MPI from Debian (as root on fresh machines; skipped when pw.x exists), and NWChem
+# (GIAO shieldings and EFGs of molecules and clusters: nmrshielding code 'nwchem'; skipped when nwchem exists).
 system-deps:
 	@if ! command -v pw.x >/dev/null 2>&1 || ! command -v mpirun >/dev/null 2>&1; then \
 	  echo "installing quantum-espresso and openmpi from Debian"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    quantum-espresso quantum-espresso-data openmpi-bin >/dev/null; \
+	fi
+	@if ! command -v nwchem >/dev/null 2>&1; then \
+	  echo "installing nwchem from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nwchem >/dev/null; \
 	fi
 
 # A single-node SLURM for tests/test_slurm.py and site-configs/slurm-local.yaml. Where it cannot be installed
