@@ -362,6 +362,8 @@ class Exploration:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from ase.data.colors import jmol_colors
+        from matplotlib.ticker import MaxNLocator
 
         values = {n: [r["adsorption_energy_eV"] for r in rows if r["adsorption_energy_eV"] is not None]
                   for n, (_, rows, _) in out.items()}
@@ -371,9 +373,11 @@ class Exploration:
             ax.legend(fontsize=8)
         ax.set_xlabel("adsorption energy (eV)")
         ax.set_ylabel("unique minima")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title("(a) adsorption energies")
         slab = self.system.site_slab
-        top.scatter(*slab.positions[:, :2].T, s=60, c="0.35", edgecolors="k", linewidths=0.3)
+        top.scatter(*slab.positions[:, :2].T, s=60, c=[jmol_colors[z] for z in slab.numbers], edgecolors="k",
+                    linewidths=0.3)
         cell = slab.cell.array
         corners = np.array([[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]) @ cell[:2, :2]
         top.plot(*corners.T, "k-", lw=0.6)
@@ -382,7 +386,7 @@ class Exploration:
             for r in rows:
                 if r["adsorption_energy_eV"] is None:
                     continue
-                xy += list(r["minimum"].positions[self.n_slab:, :2])
+                xy += list(_in_cell(r["minimum"], self.n_slab)[:, :2])
                 colour += [r["adsorption_energy_eV"]] * (len(r["minimum"]) - self.n_slab)
         if xy:
             points = top.scatter(*np.array(xy).T, c=colour, s=25, cmap="viridis", edgecolors="k", linewidths=0.3)
@@ -396,3 +400,13 @@ class Exploration:
             fig.savefig(tmp, format="png", dpi=120)
         plt.close(fig)
 
+
+
+def _in_cell(minimum: Atoms, n_slab: int) -> np.ndarray:
+    """The adsorbate's positions moved by one lattice vector so that its centre lies over the cell: a hop
+    may carry it out of the cell, and the top view draws the cell."""
+    ads = minimum.positions[n_slab:]
+    centre = ads.mean(axis=0)
+    frac = np.linalg.solve(minimum.cell.array.T, centre)
+    shift = -np.floor(frac) * np.array([1, 1, 0])  # in-plane only
+    return ads + shift @ minimum.cell.array
