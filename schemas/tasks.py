@@ -416,11 +416,21 @@ class UmbrellaWindowSpec(TaskBase):
 
 
 class NMRShieldingSpec(TaskBase):
-    """Magnetic shielding (and EFG) tensors: CASTEP magres or QE-GIPAW, or a precomputed .magres."""
+    """Magnetic shielding (and EFG) tensors: CASTEP magres or QE-GIPAW (periodic cells), NWChem GIAO
+    (molecules and clusters, all-electron Gaussian basis), or a precomputed .magres."""
 
     kind: Literal["nmrshielding"] = "nmrshielding"
-    code: Literal["castep", "qe-gipaw", "precomputed"] = "castep"
-    xc_functional: str = "PBE"
+    code: Literal["castep", "qe-gipaw", "nwchem", "precomputed"] = "castep"
+    xc_functional: str = Field("PBE", description="CASTEP / QE-GIPAW functional (NWChem: `method`)")
+    method: str = Field(
+        "B3LYP", description="NWChem: 'HF' (task scf) or an NWChem dft xc name, e.g. B3LYP, PBE0, PBE"
+    )
+    basis: str = Field(
+        "pcS-1", description="NWChem: basis library name for every element (/usr/share/nwchem/libraries); "
+                             "pcS-n are Jensen's shielding sets, pcS-2 converges 17O σ_iso to ~1 ppm"
+    )
+    charge: int = Field(0, description="NWChem: total charge of the molecule or cluster")
+    multiplicity: int = Field(1, ge=1, description="NWChem: spin multiplicity 2S+1")
     cut_off_energy_eV: float = Field(884.0, gt=0, description="plane-wave cut-off (QE-GIPAW: ecutwfc)")
     ecutrho_eV: float | None = Field(None, gt=0, description="QE-GIPAW charge cut-off; None = 4×cut-off (NC)")
     kpoint_spacing_per_A: float | None = Field(
@@ -434,7 +444,7 @@ class NMRShieldingSpec(TaskBase):
     )
     pseudo_dir: str | None = Field(None, description="directory of the pseudopotentials (CASTEP PSPOT_DIR)")
     executable: str | None = Field(
-        None, description="castep.mpi/castep.serial (by launch prefix) or gipaw.x when None"
+        None, description="castep.mpi/castep.serial (by launch prefix), gipaw.x or nwchem when None"
     )
     pw_executable: str = Field("pw.x", description="QE-GIPAW: the SCF before gipaw.x")
     q_gipaw: float = Field(0.01, gt=0, description="QE-GIPAW small-q for the induced current (bohr⁻¹)")

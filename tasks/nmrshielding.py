@@ -5,12 +5,16 @@ code='castep'      writes <seed>.cell / <seed>.param (task: magres, magres_task:
 code='qe-gipaw'    pw.x SCF (prefix 'gipaw'), then gipaw.x with job='nmr' (and job='efg'); gipaw.x ≥ 7 writes
                    gipaw.nmr.magres / gipaw.efg.magres, read with the same magres reader. Needs GIPAW
                    pseudopotentials (with reconstruction data) named in spec.pseudopotentials.
-code='precomputed' reads spec.magres_file (any CASTEP or QE-GIPAW .magres).
+code='nwchem'      molecules and clusters: NWChem GIAO shieldings and EFGs (task scf|dft property) in the
+                   spec's Gaussian basis; the tensors are parsed from the output and written as
+                   nwchem.magres, which is what the task then reads, as for the other codes.
+code='precomputed' reads spec.magres_file (any CASTEP, QE-GIPAW or NWChem-made .magres).
 Codes reorder atoms (CASTEP groups them by species), so magres atoms are matched back to the input
 structure by position; a magres file of another structure is an error, not a silently wrong label.
 """
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import warnings
@@ -18,17 +22,23 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.units import Ry
+from ase.units import Bohr, Ha, Ry
 
 from reactforge.schemas.results import NMRShieldingResult
 from reactforge.schemas.tasks import NMRShieldingSpec
 
 from .context import TaskContext
 from .errors import ReferenceFailed, ReferenceSetupError, SCFNotConverged, UnphysicalResult
-from .nmr.tensors import read_magres
+from .nmr.tensors import read_magres, write_magres
 from .references import castep, espresso
 from .references.kpoints import kpoint_grid
-from .references.launch import classify_launch_failure, launch_env, required_binaries, run_command
+from .references.launch import (
+    classify_launch_failure,
+    launch_env,
+    output_tails,
+    required_binaries,
+    run_command,
+)
 from .structures import plain_atoms
 
 SEED = "magres"
@@ -41,9 +51,11 @@ def run(spec: NMRShieldingSpec, structures: list[Atoms], ctx: TaskContext) -> NM
     if spec.code == "precomputed":
         magres, source = read_magres_file(spec.magres_file), f"precomputed:{spec.magres_file}"
     elif atoms is None:
-        raise ValueError("nmrshielding with code 'castep' or 'qe-gipaw' needs the structure")
+        raise ValueError(f"nmrshielding with code '{spec.code}' needs the structure")
     elif spec.code == "castep":
         magres, source = _run_castep(spec, atoms, ctx), f"castep:{spec.xc_functional}"
+    elif spec.code == "nwchem":
+        magres, source = _run_nwchem(spec, atoms, ctx), f"nwchem:{spec.method}/{spec.basis}"
     else:
         magres, source = _run_gipaw(spec, atoms, ctx), f"qe-gipaw:{spec.xc_functional}"
     return to_result(magres, atoms, source, spec.efg)
@@ -208,6 +220,146 @@ def _run_gipaw(spec: NMRShieldingSpec, atoms: Atoms, ctx: TaskContext) -> Atoms:
         efg = read_magres(files["efg"])
         magres.set_array("efg", efg.get_array("efg")[match_atoms(magres, efg)])
     return magres
+
+
+# ---------------------------------------------------------------------------------------------- NWChem
+
+NWCHEM_LABEL = "nwchem"
+# NWChem's own report of a failed SCF (dft: "Calculation failed to converge"; scf: "SCF failed to converge")
+NWCHEM_SCF_FAILED = re.compile(r"(calculation|scf) failed to converge", re.IGNORECASE)
+_FLOAT = re.compile(r"-?\d+\.\d+(?:[EeDd][-+]?\d+)?")
+
+
+def nwchem_input(spec: NMRShieldingSpec, atoms: Atoms, workdir: Path) -> str:
+    """NWChem input of a GIAO shielding (+ EFG) property calculation, in the structure's own frame."""
+    import io
+
+    from ase.io.nwchem.nwwriter import write_nwchem_in
+
+    if atoms.pbc.any():
+        raise ValueError(f"nmrshielding field 'code': 'nwchem' computes molecules and clusters, but the structure "
+                         f"is periodic (pbc={atoms.pbc.tolist()}); use 'castep' or 'qe-gipaw', or pbc=False")
+    hf = spec.method.strip().lower() in ("hf", "scf")
+    tol_Ha = spec.elec_energy_tol_eV / Ha
+    properties = {"shielding": None, **({"efieldgrad": None} if spec.efg else {})}
+    params = dict(
+        label=NWCHEM_LABEL, perm=str(workdir), scratch=str(workdir), charge=spec.charge, basis=spec.basis,
+        task="property", property=properties,
+        # no centring, no reorientation, no symmetry: the tensors come back in the structure's frame, which
+        # the MD average (Eq. 5.10) and the jump model compare between structures
+        center=False, autoz=False, autosym=False,
+    )
+    if hf:
+        scf = {"maxiter": spec.max_scf_steps, "nopen": spec.multiplicity - 1}
+        if spec.multiplicity > 1:
+            scf["uhf"] = None
+        params.update(theory="scf", scf=scf)
+    else:
+        # `xc` through ASE, which spells PBE, LDA, RPBE … as NWChem wants them (PBE: xpbe96 cpbe96)
+        params.update(theory="dft", xc=spec.method, dft={"mult": spec.multiplicity, "iterations": spec.max_scf_steps,
+                                                          "convergence": {"energy": f"{tol_Ha:.1e}"}})
+    buf = io.StringIO()
+    write_nwchem_in(buf, atoms, echo=True, **params)
+    return buf.getvalue() + "\n"
+
+
+def parse_nwchem_shielding(text: str, n_atoms: int) -> np.ndarray:
+    """Total GIAO shielding tensor (ppm) of each atom, (n_atoms, 3, 3), from an NWChem output."""
+    start = text.find("Chemical Shielding Tensors (GIAO, in ppm)")
+    if start < 0:
+        raise ReferenceFailed("nwchem: no GIAO shielding section in the output")
+    lines = text[start:].splitlines()
+    sigma, atom = {}, None
+    for i, line in enumerate(lines):
+        m = re.match(r"\s*Atom:\s+(\d+)\s+\S+", line)
+        if m:
+            atom = int(m.group(1)) - 1
+        elif line.strip() == "Total Shielding Tensor" and atom is not None:
+            sigma[atom] = _matrix(lines[i + 1:i + 4], "shielding", atom)
+    return _complete(sigma, n_atoms, "shielding")
+
+
+def parse_nwchem_efg(text: str, n_atoms: int) -> tuple[np.ndarray, np.ndarray]:
+    """(V (a.u.) of each atom in the magres convention V_ij = ∂²V/∂x_i∂x_j, the atoms' positions (Å) as NWChem
+    printed them). NWChem prints the field gradient ∂E_i/∂x_j = −∂²V/∂x_i∂x_j (its nuclear term is
+    −Z(3x² − r²)/r⁵, src/property/hnd_efgmap.F), so the sign is flipped here."""
+    start = text.find("Electric field gradient\n")
+    if start < 0:
+        raise ReferenceFailed("nwchem: no electric field gradient section in the output")
+    lines = text[start:].splitlines()
+    efg, pos, atom = {}, {}, None
+    for i, line in enumerate(lines):
+        m = re.match(r"\s*(\d+)\s+([A-Za-z]{1,3})\s+(-?\d+\.\d+)\s+(-?\d+\.\d+)\s+(-?\d+\.\d+)\s*$", line)
+        if m:
+            atom = int(m.group(1)) - 1
+            pos[atom] = np.array([float(x) for x in m.group(3, 4, 5)]) * Bohr
+        elif line.startswith(" Electric field gradient in molecular frame") and atom is not None:
+            v = [float(x) for x in _FLOAT.findall(lines[i + 3])]
+            if len(v) != 6:
+                raise ReferenceFailed(f"nwchem: unreadable EFG line of atom {atom + 1}: {lines[i + 3]!r}")
+            xx, yy, zz, xy, xz, yz = v
+            efg[atom] = -np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+        if line.strip().startswith("Chemical Shielding Tensors"):
+            break
+    return _complete(efg, n_atoms, "EFG"), _complete(pos, n_atoms, "EFG position")
+
+
+def _matrix(rows: list[str], what: str, atom: int) -> np.ndarray:
+    values = [float(x) for row in rows for x in _FLOAT.findall(row)]
+    if len(values) != 9:
+        raise ReferenceFailed(f"nwchem: unreadable {what} tensor of atom {atom + 1}")
+    return np.array(values).reshape(3, 3)
+
+
+def _complete(per_atom: dict[int, np.ndarray], n_atoms: int, what: str) -> np.ndarray:
+    missing = sorted(set(range(n_atoms)) - set(per_atom))
+    if missing:
+        raise ReferenceFailed(f"nwchem: no {what} for atoms {[i + 1 for i in missing][:10]} in the output")
+    return np.array([per_atom[i] for i in range(n_atoms)])
+
+
+def nwchem_error(text: str) -> str | None:
+    """NWChem's own error message: the text between the dashed rules its errquit prints."""
+    blocks = re.findall(r"^ -{72}\n(.*?)\n -{72}$", text, flags=re.MULTILINE | re.DOTALL)
+    lines = [b.strip() for b in blocks if b.strip() and not b.strip().startswith("current input line")]
+    return "\n".join(dict.fromkeys(lines)) or None
+
+
+def _run_nwchem(spec: NMRShieldingSpec, atoms: Atoms, ctx: TaskContext) -> Atoms:
+    work = Path(ctx.workdir)
+    _write(work / f"{NWCHEM_LABEL}.nwi", nwchem_input(spec, atoms, work))
+    executable = spec.executable or "nwchem"
+    argv = shlex.split(ctx.launch) + shlex.split(executable) + [f"{NWCHEM_LABEL}.nwi"]
+    out = work / f"{NWCHEM_LABEL}.out"
+    try:
+        run_command(argv, work, out.name, f"{NWCHEM_LABEL}.err", launch_env(ctx), spec.timeout_s,
+                    required_binaries(ctx, executable))
+    except subprocess.CalledProcessError as exc:
+        text = out.read_text(errors="replace") if out.is_file() else ""
+        if NWCHEM_SCF_FAILED.search(text):
+            raise SCFNotConverged(f"nwchem: SCF not converged in {spec.max_scf_steps} steps ({out})") from exc
+        raise classify_launch_failure("nwchem", exc.returncode, output_tails([out, work / f"{NWCHEM_LABEL}.err"]),
+                                      nwchem_error(text)) from exc
+    text = out.read_text(errors="replace")
+    if NWCHEM_SCF_FAILED.search(text):
+        raise SCFNotConverged(f"nwchem: SCF not converged in {spec.max_scf_steps} steps ({out})")
+    return nwchem_magres(text, atoms, spec, work / f"{NWCHEM_LABEL}.magres")
+
+
+def nwchem_magres(text: str, atoms: Atoms, spec: NMRShieldingSpec, path: Path) -> Atoms:
+    """The tensors of an NWChem output written as a .magres and read back: the file is the task's record,
+    and the same reader serves every code."""
+    sigma = parse_nwchem_shielding(text, len(atoms))
+    efg = None
+    if spec.efg:
+        efg, printed = parse_nwchem_efg(text, len(atoms))
+        moved = np.abs(printed - atoms.positions).max()
+        if moved > 1e-3:  # positions are printed to 1e-5 bohr
+            raise ReferenceFailed(f"nwchem moved the atoms by {moved:.3g} Å (reoriented?): its tensors are in "
+                                  f"another frame than the structure's")
+    write_magres(path, atoms, sigma, efg, {"calc_code": "NWChem", "calc_xcfunctional": spec.method,
+                                            "calc_basis": spec.basis})
+    return read_magres_file(path)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

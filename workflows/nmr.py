@@ -37,6 +37,7 @@ def plan(protocol) -> list[str]:
     p, s = protocol, protocol.spectrum
     lines = []
     if p.precomputed:
+        check_precomputed(p)
         n_samples = sum(len(m.samples) for m in p.precomputed)
         lines.append(f"minima from {len(p.precomputed)} precomputed magres file(s), {n_samples} MD sample(s)")
     else:
@@ -55,6 +56,26 @@ def plan(protocol) -> list[str]:
                  f"{s.orientation_scheme} {s.n_orientations} orientations, four panels of Fig. 5.1"
                  + (f", against {s.experimental}" if s.experimental else ""))
     return lines
+
+
+def check_precomputed(protocol) -> None:
+    """Every precomputed file is there and is a magres file with the tensors the run reads: the plan calls
+    this, so a missing file stops --check (and a run) before anything starts, naming its field."""
+    for i, m in enumerate(protocol.precomputed):
+        named = [(f"precomputed.{i}.static", m.static)]
+        named += [(f"precomputed.{i}.samples.{j}", s) for j, s in enumerate(m.samples)]
+        for field, name in named:
+            path = protocol.resolve(name)
+            if not path.is_file():
+                raise ValueError(f"field '{field}': no such file {str(path)!r}")
+            try:
+                atoms = tensors.read_magres(path, shielding=True)
+            except Exception as err:  # noqa: BLE001 - ASE's reader fails on a non-magres file with any error
+                raise ValueError(f"field '{field}': {path} is not a magres file with shielding tensors "
+                                 f"({type(err).__name__}: {err})") from None
+            if protocol.shielding.efg and "efg" not in atoms.arrays:
+                raise ValueError(f"field '{field}': {path} has no EFG tensors (set shielding.efg: false "
+                                 f"for shielding-only spectra)")
 
 
 def run(protocol, engine, store, progress) -> dict:

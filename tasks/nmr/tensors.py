@@ -66,6 +66,30 @@ def read_magres(path: str | Path, shielding: bool = False) -> Atoms:
     return atoms
 
 
+def write_magres(path: str | Path, atoms: Atoms, shielding_ppm: np.ndarray,
+                 efg_au: np.ndarray | None = None, calculation: dict[str, str] | None = None) -> Path:
+    """Write σ (ppm) and V (a.u.) per atom as a CASTEP-format .magres that `read_magres`, soprano and
+    ASE read back. A molecule (no periodic direction) is written without a lattice, as the format allows;
+    `calculation`: the [calculation] block (calc_code, calc_xcfunctional …)."""
+    from ase.io.magres import write_magres as ase_write_magres
+
+    out = Atoms(atoms.get_chemical_symbols(), positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    units = {"ms": "ppm"}
+    out.new_array("ms", np.asarray(shielding_ppm, dtype=float).reshape(len(atoms), 3, 3))
+    if efg_au is not None:
+        units["efg"] = "au"
+        out.new_array("efg", np.asarray(efg_au, dtype=float).reshape(len(atoms), 3, 3))
+    out.info["magres_units"] = units
+    if calculation:
+        out.info["magresblock_calculation"] = {k: [[v]] for k, v in calculation.items()}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fd:
+        ase_write_magres(fd, out)
+    tmp.replace(path)  # a reader never sees half a file
+    return path
+
+
 def symmetric(t: np.ndarray) -> np.ndarray:
     """Symmetric part (the antisymmetric part does not enter first-order spectra)."""
     t = np.asarray(t, dtype=float)
