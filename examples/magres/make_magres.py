@@ -1,6 +1,6 @@
 """Rebuild the .magres files of examples/nmr_precomputed.yaml with the nmrshielding task's NWChem backend.
 
-    OMP_NUM_THREADS=1 python examples/magres/make_magres.py      # ~5 min on one core
+    OMP_NUM_THREADS=1 python examples/magres/make_magres.py      # 5–10 min on one core
 
 The bicarbonate anion HCO3⁻ (the thesis's species, §5.4.1, here bare): B3LYP/pcS-1 GIAO shieldings and
 EFGs (charge −1). minimum0 is the GFN2-xTB minimum (tblite) with the O–H syn to O2; minimum1 is the
