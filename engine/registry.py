@@ -10,6 +10,7 @@ WORKFLOWS = {
     "nmr": ("reactforge.schemas.nmr:NMRProtocol", "reactforge.workflows.nmr"),
     "free_energy": ("reactforge.schemas.free_energy:FreeEnergyProtocol", "reactforge.workflows.free_energy"),
     "exploration": ("reactforge.schemas.exploration:ExplorationProtocol", "reactforge.workflows.exploration"),
+    "finetune": ("reactforge.schemas.finetune:FinetuneProtocol", "reactforge.workflows.finetune"),
 }
 DEFAULT = "catalysis"
 

@@ -8,6 +8,7 @@ from pydantic import TypeAdapter
 
 from .batch import BatchProtocol
 from .exploration import ExplorationProtocol
+from .finetune import FinetuneProtocol
 from .free_energy import FreeEnergyProtocol
 from .kinds import TaskSpec
 from .nmr import NMRProtocol
@@ -19,6 +20,7 @@ SCHEMAS = {
     "nmr-protocol": NMRProtocol,
     "free-energy-protocol": FreeEnergyProtocol,
     "exploration-protocol": ExplorationProtocol,
+    "finetune-protocol": FinetuneProtocol,
     "tasks-protocol": BatchProtocol,
     "site": SiteConfig,
     "task-spec": TaskSpec,

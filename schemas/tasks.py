@@ -197,6 +197,10 @@ class MACEModelSpec(Strict):
     stage_two_lr: float = Field(1e-3, gt=0)
     default_dtype: Literal["float32", "float64"] = "float64"
     foundation_model: str | None = Field(None, description="path of a model file to fine-tune (chapter 4)")
+    replay_file: str | None = Field(
+        None, description="with foundation_model: the foundation's training data (extxyz, REF_energy/REF_forces), "
+        "replayed by mace's multi-head fine-tuning; None = naive fine-tuning of all weights on the labels alone"
+    )
     uncertainty: Literal["energy", "forces"] = Field(
         "energy", description="per-atom σ from committee std of atomic energies or of force components"
     )
@@ -208,6 +212,8 @@ class MACEModelSpec(Strict):
                 raise ValueError(f"seeds has {len(self.seeds)} entries but committee_size is {self.committee_size}")
             if len(set(self.seeds)) != len(self.seeds):
                 raise ValueError("seeds must differ between committee members")
+        if self.replay_file is not None and self.foundation_model is None:
+            raise ValueError("replay_file replays a foundation model's data: give foundation_model too")
         return self
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,6 +38,50 @@ def _resolved_sparse_files(xml: Path):
         copy = Path(tmp) / xml.name
         copy.write_text(text)
         yield copy
+
+
+class _SharedOrExclusive:
+    """A lock held by many at once (`shared`) or by one alone (`exclusive`); a waiting exclusive holder goes
+    before new shared ones, so a load is not starved by MD steps in other threads."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextmanager
+    def shared(self):
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self):
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._exclusive and not self._shared)
+            self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+# Unpickling a MACE model re-traces its torch.fx GraphModules (the einsum contractions), and while torch.fx
+# traces, torch.nn.Module.__call__ is patched for the whole process: a model evaluated in another thread of
+# the same process then fails ("module is not installed as a submodule"). Tasks run as threads on the local
+# site, so loading a model excludes evaluations; evaluations run side by side.
+MODEL_LOADING = _SharedOrExclusive()
 
 
 class GAPCalculator(Calculator):
@@ -91,6 +136,10 @@ class CommitteeCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
+        with MODEL_LOADING.shared():
+            self._evaluate()
+
+    def _evaluate(self):
         energies, forces, local, stresses = [], [], [], []
         periodic = self.atoms.pbc.all() and self.atoms.cell.rank == 3
         for member in self.members:
@@ -126,12 +175,15 @@ def load_mlff(ref: ModelRef, device: str = "cpu") -> Calculator:
     if ref.model == "mace":
         from mace.calculators import MACECalculator
 
-        members = [MACECalculator(model_paths=p, device=device, default_dtype="float64") for p in ref.paths]
+        with MODEL_LOADING.exclusive():
+            members = [MACECalculator(model_paths=p, device=device, default_dtype="float64") for p in ref.paths]
         return CommitteeCalculator(members, ref.uncertainty)
     if ref.model == "mfn":
         from reactforge.models.mfn.calculator import MFNCalculator
 
-        return CommitteeCalculator([MFNCalculator(p, device=device) for p in ref.paths], ref.uncertainty)
+        with MODEL_LOADING.exclusive():
+            members = [MFNCalculator(p, device=device) for p in ref.paths]
+        return CommitteeCalculator(members, ref.uncertainty)
     raise ValueError(f"unknown model kind {ref.model!r}")
 
 

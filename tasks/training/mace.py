@@ -71,7 +71,14 @@ def mace_command(spec: MACEModelSpec, seed: int, e0: dict[int, float], device: s
         path = Path(spec.foundation_model)
         if not path.is_file():
             raise ValueError(f"model.foundation_model: {path} is not a file (fine-tuning takes a local model file)")
-        cmd += [f"--foundation_model={path.resolve()}", "--multiheads_finetuning=False"]
+        cmd += [f"--foundation_model={path.resolve()}"]
+        if spec.replay_file is None:
+            cmd += ["--multiheads_finetuning=False"]
+        else:  # mace's replay: a second head trained on the foundation's data (its own lr and EMA defaults)
+            replay = Path(spec.replay_file)
+            if not replay.is_file():
+                raise ValueError(f"model.replay_file: {replay} is not a file")
+            cmd += ["--multiheads_finetuning=True", f"--pt_train_file={replay.resolve()}"]
     if has_stress:
         cmd += ["--stress_key=REF_stress", "--loss=stress", f"--stress_weight={spec.stress_weight}"]
     if spec.ema_decay is not None:
