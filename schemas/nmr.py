@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from .base import Identifier, Strict
 from .loading import ProtocolFile
-from .tasks import NMRShieldingSpec
+from .tasks import GAPModelSpec, ModelSpec, NMRShieldingSpec, Reference, XTBReference
 
 
 class MLFFFiles(Strict):
@@ -109,6 +109,25 @@ class NMRSpectrumSettings(Strict):
         return self
 
 
+class NMRTraining(Strict):
+    """The MLFF trained here on the start structure with the reference, by thesis §3.2's MD loop: isolated
+    atoms (E0s) and rattled copies of the structure labelled, then MD at each temperature in turn stopped
+    at the first per-atom σ > σ_thr, that configuration labelled and the model refitted, until a full run
+    stays below σ_thr (a clean run contributes its highest-σ frame while others breach)."""
+
+    reference: Reference = XTBReference()
+    model: ModelSpec = GAPModelSpec()
+    n_rattled: int = Field(8, ge=1, description="rattled copies of the start structure labelled first")
+    rattle_sigma_A: float = Field(0.05, gt=0)
+    isolated_box_A: float = Field(12.0, gt=0, description="box edge of the isolated atoms (E0s)")
+    temperatures_K: list[float] = Field(default_factory=lambda: [300.0, 600.0], min_length=1)
+    md_steps: int = Field(1000, ge=1)
+    timestep_fs: float = Field(0.5, gt=0)
+    sigma_thr_eV: float = Field(0.05, gt=0)
+    max_iterations: int = Field(8, ge=1, description="MD rounds per temperature")
+    seed: int = Field(0, ge=0)
+
+
 class PrecomputedMinimum(Strict):
     """One minimum given as magres files: its structure (static) and, optionally, MD samples."""
 
@@ -120,6 +139,7 @@ class NMRProtocol(ProtocolFile):
     workflow: Literal["nmr"]
     name: Identifier = Field(..., description="also the default run directory, runs/<name>")
     model: MLFFFiles | None = None
+    train: NMRTraining | None = Field(None, description="train the MLFF here on the structure instead of 'model'")
     structure: str | None = Field(None, description="start structure (ASE-readable)")
     fixed_atoms: list[int] = Field(default_factory=list)
     precomputed: list[PrecomputedMinimum] | None = Field(None, description="minima as magres files; no exploration")
@@ -131,9 +151,11 @@ class NMRProtocol(ProtocolFile):
 
     @model_validator(mode="after")
     def _sources(self):
+        if self.model is not None and self.train is not None:
+            raise ValueError("give 'model' (a trained MLFF) or 'train' (train one here), not both")
         if self.precomputed is None:
-            if self.structure is None or self.model is None:
-                raise ValueError("give 'structure' and 'model' (exploration) or 'precomputed' magres files")
+            if self.structure is None or (self.model is None and self.train is None):
+                raise ValueError("give 'structure' and 'model' or 'train' (exploration), or 'precomputed' magres files")
             if self.shielding.code == "precomputed":
                 raise ValueError("shielding.code 'precomputed' needs the 'precomputed' list of magres files")
         elif not self.precomputed:

@@ -40,9 +40,16 @@ def plan(protocol) -> list[str]:
         check_precomputed(p)
         n_samples = sum(len(m.samples) for m in p.precomputed)
         lines.append(f"minima from {len(p.precomputed)} precomputed magres file(s), {n_samples} MD sample(s)")
-    else:
+    if p.train is not None:
+        t = p.train
+        lines.append(f"MLFF ({t.model.model}) trained on {p.structure} with {t.reference.code}: {t.n_rattled} rattled "
+                     f"copies + E0s, then MD ({t.md_steps} × {t.timestep_fs} fs) at "
+                     f"{', '.join(f'{T:g}' for T in t.temperatures_K)} K until no run exceeds σ_thr "
+                     f"{t.sigma_thr_eV * 1000:g} meV (≤ {t.max_iterations} rounds each)")
+    if not p.precomputed:
         e, md = p.exploration, p.sampling
-        lines += [f"minima hopping ({p.model.model}) from {p.structure}: up to {e.n_minima} minima, keep "
+        kind = p.model.model if p.model is not None else p.train.model.model
+        lines += [f"minima hopping ({kind}) from {p.structure}: up to {e.n_minima} minima, keep "
                   f"≤ {e.max_minima} within {e.energy_window_eV} eV (SOAP distance {e.soap_distance})",
                   f"NVT MD per minimum: {md.steps} × {md.timestep_fs} fs at {md.temperature_K} K, "
                   f"{md.n_samples} samples",
@@ -92,6 +99,9 @@ class NMRWorkflow:
 
     # ------------------------------------------------------------------ the workflow, in the thesis's order
     def run(self) -> dict:
+        training = None
+        if self.p.train is not None:
+            training = self.train_model()
         if self.p.precomputed:
             minima, static, samples = self.read_precomputed()
         else:
@@ -109,14 +119,64 @@ class NMRWorkflow:
             "similarity": scores,
             "report": report,
         }
+        if training is not None:
+            summary["training"] = training
         self.store.write_json("nmr/summary.json", summary)
-        return {"nmr": summary}
+        out = {"nmr": summary}
+        if self.model is not None:
+            out["model"] = self.model.model_dump(mode="json")
+        return out
+
+    def start(self) -> Atoms:
+        """The start structure; a molecule or cluster given without a cell is centred in a box (non-periodic):
+        fitters and MD need one, and a shielding code reads the same coordinates."""
+        atoms = read(self.p.resolve(self.p.structure))
+        if not atoms.pbc.any() and atoms.cell.rank < 3:
+            box = (self.p.train.isolated_box_A if self.p.train is not None else 12.0)
+            atoms.set_cell([max(box, np.ptp(atoms.positions, axis=0).max() + 8.0)] * 3)
+            atoms.center()
+        return atoms
+
+    # ------------------------------------------------------------------ the MLFF, when trained here
+    def train_model(self) -> dict:
+        """Thesis §3.2's MD loop on the start structure (schemas.nmr.NMRTraining): E0s and rattled copies
+        labelled, then MD at each temperature in turn until a full run stays below σ_thr."""
+        from reactforge.schemas.tasks import ISOLATED_ATOM
+
+        from .active_learning import Campaign
+        from .catalysis_build import isolated_atoms
+
+        t = self.p.train
+        campaign = Campaign(self.engine, self.store, self.progress, t.reference, t.model, seed=t.seed)
+        start = self.start()
+        self.progress.set_stage(f"MLFF training: {t.n_rattled} rattled copies of the structure and the E0s")
+        rng = np.random.default_rng(t.seed)
+        rattled = [start.copy()]
+        for _ in range(t.n_rattled):
+            a = start.copy()
+            a.positions += rng.normal(0.0, t.rattle_sigma_A, a.positions.shape)
+            rattled.append(a)
+        elements = sorted(set(start.get_chemical_symbols()))
+        labels = [campaign.label(isolated_atoms(elements, t.isolated_box_A), block="nmr-initial", iteration=0,
+                                 reason="isolated atom", config_type=ISOLATED_ATOM),
+                  campaign.label(rattled, block="nmr-initial", iteration=0, reason="rattled structure")]
+        campaign.wait_labels()
+        blocks = {"nmr-initial": {"labels_added": sum(x.added for x in labels),
+                                  "labels_failed": sum(x.failed for x in labels)}}
+        for T in t.temperatures_K:
+            md = {"temperature_K": T, "steps": t.md_steps, "timestep_fs": t.timestep_fs,
+                  "sigma_thr_eV": t.sigma_thr_eV, "fixed_atoms": self.p.fixed_atoms}
+            report = campaign.md_block(f"nmr-md-{T:g}K", [start], md, t.max_iterations)
+            blocks[report.name] = {k: v for k, v in report.as_dict().items() if k != "breach_trace"}
+        self.model = campaign.model
+        self.progress.log(f"MLFF trained on {self.store.count()} labels: {self.model.sha256[:12]}")
+        return {"blocks": blocks, "labels": self.store.count(), "model": self.model.model_dump(mode="json")}
 
     # ------------------------------------------------------------------ §5.3.1 exploration of dynamic events
     def explore(self) -> list[Atoms]:
         e = self.p.exploration
         self.progress.set_stage("minima hopping")
-        start = read(self.p.resolve(self.p.structure))
+        start = self.start()
         spec = MinimaHoppingSpec(model=self.model, T0_K=e.T0_K, Ediff0_eV=e.Ediff0_eV, mdmin=e.mdmin,
                                  fmax_eV_per_A=e.fmax_eV_per_A, timestep_fs=e.timestep_fs, n_minima=e.n_minima,
                                  max_hops=e.max_hops, fixed_atoms=self.p.fixed_atoms, seed=e.seed)
