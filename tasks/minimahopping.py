@@ -125,7 +125,10 @@ def _search(folder: Path, atoms: Atoms, spec: MinimaHoppingSpec, ctx: TaskContex
     (folder / "sigma.json").unlink(missing_ok=True)
     if fresh:
         write(folder / "input.traj", atoms)
-        (folder / "spec.json").write_text(spec.model_dump_json())
+        # the child runs in `folder`: model files named relative to this process's directory would not be
+        # found from there
+        model = spec.model.model_copy(update={"paths": [str(Path(p).resolve()) for p in spec.model.paths]})
+        (folder / "spec.json").write_text(spec.model_copy(update={"model": model}).model_dump_json())
     (folder / "device.json").write_text(json.dumps({"device": ctx.device}))
     env = dict(os.environ)
     env.update(ctx.env)

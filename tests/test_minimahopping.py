@@ -1,6 +1,8 @@
 """reactforge.tasks.minimahopping: ASE's MinimaHopping with the MLFF, run in its own working directory."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from ase.build import add_adsorbate, fcc111
@@ -89,3 +91,22 @@ def test_a_relative_checkpoint_folder_is_found_by_the_search(tiny_gap_model, tmp
     result = run(spec, [_adatom_slab()], TaskContext(workdir=tmp_path, checkpoint_dir="run/checkpoint"))
     assert len(result.minima) == 1
     assert (tmp_path / "run" / "checkpoint" / "minimahopping" / "minima.traj").is_file()
+
+
+def test_a_relative_model_path_is_found_by_the_search(tiny_gap_model, tmp_path, monkeypatch):
+    """A model a run fitted and kept under runs/<name>/models/ is named relative to the working directory;
+    the search's child process runs in its own folder and must still load it."""
+    import shutil
+
+    model_dir = tmp_path / "runs" / "r" / "models" / "m"
+    model_dir.mkdir(parents=True)
+    for p in tiny_gap_model.paths:
+        shutil.copy(p, model_dir)
+    for extra in Path(tiny_gap_model.paths[0]).parent.glob("gap.xml.sparseX*"):
+        shutil.copy(extra, model_dir)
+    monkeypatch.chdir(tmp_path)
+    relative = tiny_gap_model.model_copy(
+        update={"paths": [str(Path("runs/r/models/m") / Path(p).name) for p in tiny_gap_model.paths]})
+    spec = MinimaHoppingSpec(model=relative, n_minima=1, fixed_atoms=FROZEN)
+    result = run(spec, [_adatom_slab()], TaskContext(workdir=tmp_path / "work", checkpoint_dir="run/checkpoint"))
+    assert len(result.minima) == 1
