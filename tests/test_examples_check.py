@@ -49,6 +49,7 @@ def test_example_passes_check(example, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # ~1 min: its 2000-orientation finite-speed spectra; CI checks it with --check above
 def test_precomputed_nmr_example_runs(tmp_path):
     run_dir = tmp_path / "run"
     p = run_py("run", "--site", "local", "--no-live", "--run-dir", run_dir, PRECOMPUTED)
