@@ -64,6 +64,33 @@ def make_emt_cu_training_set() -> list[Atoms]:
     return images
 
 
+class Quiet:
+    """A workflow's progress reporter that reports nothing."""
+
+    def set_stage(self, stage):
+        pass
+
+    def log(self, message):
+        pass
+
+
+def store_labels(store, training_set: list[Atoms], reference: str = "emt") -> None:
+    """Labelled structures (REF_* info/arrays) into a run's labels database, as a finished run holds them."""
+    from reactforge.schemas.results import SinglePointResult
+
+    for k, a in enumerate(training_set):
+        plain = a.copy()
+        plain.info, plain.calc = {}, None
+        del plain.arrays["REF_forces"]
+        stress = a.info.get("REF_stress")
+        store.add_label(SinglePointResult(atoms=plain, energy_eV=a.info["REF_energy"],
+                                          forces_eV_per_A=a.arrays["REF_forces"].tolist(),
+                                          stress_eV_per_A3=None if stress is None else list(stress),
+                                          reference=reference),
+                        block="initial", iteration=0, reason="test set", task=f"task{k:03d}",
+                        config_type=a.info.get("config_type"))
+
+
 def tiny_gap_spec() -> TrainSpec:
     soap = SOAPDescriptor(rcut_hard_A=4.0, rcut_soft_A=3.5, l_max=3, alpha_max=4, n_sparse=40)
     return TrainSpec(model=GAPModelSpec(soap=[soap], sigma_energy_eV=0.002, sigma_force_eV_per_A=0.02))

@@ -11,7 +11,7 @@ import yaml
 from ase import Atoms
 from ase.build import add_adsorbate, fcc111
 from ase.io import read
-from conftest import tiny_gap_spec
+from conftest import Quiet, store_labels, tiny_gap_spec
 from reactforge.engine.engine import Engine
 from reactforge.engine.store import Store
 from reactforge.schemas.exploration import ExplorationProtocol
@@ -21,14 +21,6 @@ from reactforge.workflows import exploration
 from reactforge.workflows import minima as dedup
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Quiet:
-    def set_stage(self, stage):
-        pass
-
-    def log(self, message):
-        pass
 
 
 # ---------------------------------------------------------------------------------------------- dedup
@@ -130,20 +122,8 @@ def test_adatom_on_fcc111_finds_exactly_the_fcc_and_hcp_hollows(tmp_path, tiny_g
 
 def _labelled_run(path: Path, model, training_set) -> Path:
     """finished_run with its labels: active learning refits them with the new ones."""
-    from reactforge.schemas.results import SinglePointResult
-
     source = finished_run(path, model)
-    store = Store(source)
-    for k, a in enumerate(training_set):
-        plain = a.copy()
-        plain.info, plain.calc = {}, None
-        del plain.arrays["REF_forces"]
-        stress = a.info.get("REF_stress")
-        store.add_label(SinglePointResult(atoms=plain, energy_eV=a.info["REF_energy"],
-                                          forces_eV_per_A=a.arrays["REF_forces"].tolist(),
-                                          stress_eV_per_A3=None if stress is None else list(stress), reference="emt"),
-                        block="initial", iteration=0, reason="test set", task=f"task{k:03d}",
-                        config_type=a.info.get("config_type"))
+    store_labels(Store(source), training_set)
     return source
 
 

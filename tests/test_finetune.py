@@ -12,7 +12,7 @@ import pytest
 from ase.build import add_adsorbate, fcc111
 from ase.constraints import FixAtoms
 from ase.io import read, write
-from conftest import make_emt_cu_training_set
+from conftest import Quiet, make_emt_cu_training_set
 from reactforge.engine.engine import Engine
 from reactforge.engine.store import Store
 from reactforge.schemas.finetune import FinetuneProtocol
@@ -23,14 +23,6 @@ from reactforge.tasks.context import TaskContext
 from reactforge.workflows import finetune
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Quiet:
-    def set_stage(self, stage):
-        pass
-
-    def log(self, message):
-        pass
 
 
 # ---------------------------------------------------------------------------------------------- selection

@@ -13,12 +13,11 @@ from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 from ase.io import write
 
-from conftest import tiny_gap_spec
+from conftest import Quiet, store_labels, tiny_gap_spec
 from reactforge.engine.engine import Engine
 from reactforge.engine.store import Store
 from reactforge.schemas.free_energy import FreeEnergyProtocol
 from reactforge.schemas.loading import read_yaml, validate
-from reactforge.schemas.results import SinglePointResult
 from reactforge.schemas.site import SiteConfig
 from reactforge.workflows import free_energy
 
@@ -26,27 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ADATOM, SURFACE = 12, 8
 
 
-class Quiet:
-    def set_stage(self, stage):
-        pass
-
-    def log(self, message):
-        pass
-
-
 def finished_run(path: Path, model, training_set) -> Path:
     """What a catalysis run leaves: protocol.yaml, labels.db, summary.json's model, paths/<reaction>.xyz."""
-    store = Store(path)
-    for k, a in enumerate(training_set):
-        plain = a.copy()
-        plain.info, plain.calc = {}, None
-        del plain.arrays["REF_forces"]
-        stress = a.info.get("REF_stress")
-        store.add_label(SinglePointResult(atoms=plain, energy_eV=a.info["REF_energy"],
-                                          forces_eV_per_A=a.arrays["REF_forces"].tolist(),
-                                          stress_eV_per_A3=None if stress is None else list(stress), reference="emt"),
-                        block="initial", iteration=0, reason="test set", task=f"task{k:03d}",
-                        config_type=a.info.get("config_type"))
+    store_labels(Store(path), training_set)
     data = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
     data.update(reference={"code": "emt"}, model=tiny_gap_spec().model.model_dump(mode="json"), sigma_thr_eV=0.0005)
     (path / "protocol.yaml").write_text(yaml.safe_dump(data))

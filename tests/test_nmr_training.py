@@ -9,7 +9,7 @@ from ase.cluster import Icosahedron
 from ase.io import write
 from pydantic import ValidationError
 
-from conftest import tiny_gap_spec
+from conftest import Quiet, tiny_gap_spec
 from reactforge.engine.engine import Engine
 from reactforge.engine.store import Store
 from reactforge.schemas.loading import read_yaml, validate
@@ -18,14 +18,6 @@ from reactforge.schemas.site import SiteConfig
 from reactforge.workflows import nmr
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Quiet:
-    def set_stage(self, stage):
-        pass
-
-    def log(self, message):
-        pass
 
 
 def _protocol(structure: Path, **changes) -> NMRProtocol:

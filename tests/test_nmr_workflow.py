@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import Quiet
 
 from reactforge.schemas.loading import read_yaml, validate
 from reactforge.schemas.nmr import NMRProtocol
@@ -18,14 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = next((d for d in (ROOT / "tests" / "data" / "magres", ROOT.parent / "shared" / "data" / "magres")
              if d.exists()), ROOT / "tests" / "data" / "magres")
 pytestmark = pytest.mark.skipif(not (DATA / "EDIZUM.magres").exists(), reason="magres data not present")
-
-
-class Quiet:
-    def set_stage(self, stage):
-        pass
-
-    def log(self, message):
-        pass
 
 
 def swapped_minimum(tmp_path) -> Path:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 from concurrent.futures import wait
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 from ase import Atoms
@@ -70,9 +69,6 @@ def read_sources(protocol):
         model = Store.model_ref(m.model, [protocol.resolve(p) for p in m.paths], m.uncertainty)
     else:
         model = _run_model(run_dir)
-    # the minimahopping task searches in a child process inside its own folder: names relative to here
-    # would not be found from there
-    model = model.model_copy(update={"paths": [str(Path(p).resolve()) for p in model.paths]})
     return catalysis, model, run_dir
 
 
