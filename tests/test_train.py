@@ -334,6 +334,10 @@ def test_mace_fine_tunes_a_local_model_file(tiny_mace_fit, emt_cu_training_set, 
     cmd = shlex.split(result.commands[0])
     assert f"--foundation_model={Path(foundation).resolve()}" in cmd
     assert not any(c.startswith("--hidden_irreps") for c in cmd), "architecture comes from the file"
+    # the E0s recorded are the ones the fine-tuned model carries: the foundation's (mace keeps them)
+    from reactforge.tasks.training.mace import model_e0s
+
+    assert result.e0_eV == {"Cu": model_e0s(Path(result.model.paths[0]))[29]} == {"Cu": model_e0s(Path(foundation))[29]}
     before = torch.load(foundation, map_location="cpu", weights_only=False).state_dict()
     after = torch.load(result.model.paths[0], map_location="cpu", weights_only=False).state_dict()
     assert before.keys() == after.keys()

@@ -119,4 +119,18 @@ def fit(spec: MACEModelSpec, configs, isolated, workdir: Path, seed: int, device
         if model is None:
             raise TrainingFailed(f"mace_run_train finished without writing {candidates[-1]}")
         paths.append(model)
+    if spec.foundation_model is not None:
+        # mace-torch 0.3.16 copies every same-shaped tensor of the foundation into the fine-tuned model, its
+        # E0s included, whatever --E0s says: record the E0s the model has, read back from its file
+        e0 = model_e0s(paths[0])
     return paths, list(paths), e0, [shlex.join(cmd) for cmd, _, _ in jobs]
+
+
+def model_e0s(path: Path) -> dict[int, float]:
+    """Per-element E0 (eV) stored in a MACE model file (its first head)."""
+    import torch
+
+    model = torch.load(path, map_location="cpu", weights_only=False)
+    energies = model.atomic_energies_fn.atomic_energies.detach().cpu().numpy()
+    energies = energies.reshape(-1, len(model.atomic_numbers))[0]
+    return {int(z): float(e) for z, e in zip(model.atomic_numbers.tolist(), energies)}
