@@ -4,6 +4,12 @@ ASE's MinimaHopping writes its MD/optimisation trajectories (md00000.traj, qn000
 the current directory. Changing directory would redirect every thread of an engine worker, so the
 search runs in a child Python process whose working directory is this task's scratch folder:
 `python -m reactforge.tasks.minimahopping DIR` reads DIR/spec.json and DIR/input.traj and writes DIR/minima.traj.
+
+A molecule or cluster (no periodic direction) is compared with earlier minima after the best rotation and
+translation, atom i against atom i (`RigidCompare`): ASE pairs like atoms after translation only, so a
+free molecule that turned during a hop's MD counts as a new minimum, the search cools down as if it had
+found one and stops at n_minima copies of its start; and pairing like atoms would make a minimum whose
+like atoms swapped roles (a hydroxyl turned by 180°) the same as its mirror partner.
 """
 from __future__ import annotations
 
@@ -57,9 +63,27 @@ def _watch_sigma(calc, threshold: float | None, folder: Path) -> dict:
     return seen
 
 
+class RigidCompare:
+    """ASE's `ComparePositions` for a system without periodic directions: the largest displacement of any
+    atom from its own counterpart after the rotation and translation that best superpose the two (Kabsch),
+    whatever ASE asks for (its `translate` flag)."""
+
+    def __init__(self, translate: bool = True):
+        pass
+
+    def __call__(self, atoms1: Atoms, atoms2: Atoms) -> float:
+        from ase.build import minimize_rotation_and_translation
+
+        fixed = Atoms(numbers=atoms1.numbers, positions=atoms1.positions)
+        moved = Atoms(numbers=atoms2.numbers, positions=atoms2.positions)
+        minimize_rotation_and_translation(fixed, moved)
+        return float(np.linalg.norm(moved.positions - fixed.positions, axis=1).max())
+
+
 def _hop(folder: Path) -> None:
     """The search itself (runs in the child process, cwd = folder)."""
     from ase.optimize import QuasiNewton
+    from ase.optimize import minimahopping as ase_minimahopping
     from ase.optimize.minimahopping import MinimaHopping
 
     from .mlff import load_mlff
@@ -67,6 +91,9 @@ def _hop(folder: Path) -> None:
     spec = MinimaHoppingSpec.model_validate_json((folder / "spec.json").read_text())
     device = json.loads((folder / "device.json").read_text())["device"]
     atoms = read(folder / "input.traj")
+    if not atoms.pbc.any():
+        # MinimaHopping names ComparePositions in its own module; this process runs this one search only
+        ase_minimahopping.ComparePositions = RigidCompare
     mlff = load_mlff(spec.model, device)
     atoms.calc = mlff
     (folder / "breach.traj").unlink(missing_ok=True)

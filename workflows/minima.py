@@ -13,6 +13,7 @@ minimum whose adsorbate sits across the cell boundary is the same as its wrapped
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,6 +42,11 @@ def environments(atoms: Atoms, centres: Sequence[int], soap: str) -> np.ndarray:
     a = atoms.copy()
     a.set_constraint()
     if not a.pbc.any():  # quippy needs a cell; a molecule in a box is its own periodic image
+        # ... in a box wide enough that no image lies within the cutoff (a molecule read without a cell too)
+        side = np.ptp(a.positions, axis=0) + float(re.search(r"cutoff=([0-9.eE+-]+)", soap)[1]) + 1.0
+        if a.cell.rank < 3 or (a.cell.lengths() < side).any() or not a.cell.orthorhombic:
+            a.set_cell(np.maximum(side, a.cell.lengths() if a.cell.orthorhombic else 0.0))
+            a.center()
         a.pbc = True
     out = Descriptor(soap).calc(a)
     rows = {int(c) - 1: v for c, v in zip(np.ravel(out["ci"]), np.asarray(out["data"], float))}  # ci: 1-based
