@@ -23,32 +23,21 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import wait
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.geometry import find_mic
 from reactforge.engine.futures import settled
-from reactforge.schemas.tasks import EvaluateSpec, MinimaHoppingSpec, ModelRef, OptimiseSpec
+from reactforge.schemas.tasks import MinimaHoppingSpec, ModelRef, OptimiseSpec
 
 from . import adsorption
 from . import minima as dedup
 from .active_learning import SEED_STRIDE, BlockReport, Campaign
+from .hopping import HOPPING_CRITERION, Start, hop_rounds, relax_again
 
 BLOCK = "exploration"  # the labels' block name
-
-
-@dataclass
-class Start:
-    """One start's search across active-learning rounds: where it continues from, the hops done, and the
-    minima found, each with the model that found it."""
-
-    origin: Atoms
-    hops: int = 0
-    found: list[tuple[Atoms, float, float, ModelRef]] = field(default_factory=list)
-    breaches: int = 0
-    failed: bool = False
 
 
 def read_sources(protocol):
@@ -128,7 +117,7 @@ class Exploration:
             self.campaign = Campaign(engine, store, progress, catalysis.reference, catalysis.model, seed=protocol.seed)
             self.campaign.model = self.model
             self.campaign.import_labels(self.run_dir)
-        self.report = BlockReport(BLOCK, criterion="searches above σ_thr in a round = 0")
+        self.report = BlockReport(BLOCK, criterion=HOPPING_CRITERION)
         d = protocol.deduplication
         self.soap = dedup.descriptor(self.system.elements, d.cutoff_A, d.l_max, d.n_max, d.atom_sigma_A, d.transition_A)
 
@@ -147,99 +136,35 @@ class Exploration:
             a.positions[self.n_slab:] += rng.normal(0.0, s.rattle_A, (len(a) - self.n_slab, 3))
         return placed
 
-    def _hop_spec(self, seed: int, hops: int, n_minima: int, stop: bool) -> MinimaHoppingSpec:
+    def _hop_spec(self, model: ModelRef, seed: int, hops: int, n_minima: int,
+                  sigma_thr_eV: float | None) -> MinimaHoppingSpec:
         h = self.p.hopping
-        return MinimaHoppingSpec(model=self.model, T0_K=h.T0_K, Ediff0_eV=h.Ediff0_eV, mdmin=h.mdmin,
+        return MinimaHoppingSpec(model=model, T0_K=h.T0_K, Ediff0_eV=h.Ediff0_eV, mdmin=h.mdmin,
                                  fmax_eV_per_A=h.fmax_eV_per_A, timestep_fs=h.timestep_fs, n_minima=n_minima,
                                  max_hops=hops, max_optimisation_steps=h.max_optimisation_steps,
-                                 fixed_atoms=self.fixed, sigma_thr_eV=self.sigma_thr if stop else None, seed=seed)
+                                 fixed_atoms=self.fixed, sigma_thr_eV=sigma_thr_eV, seed=seed)
 
     def hop(self) -> dict[str, list[Start]]:
-        """Every start's minimahopping task at once, round after round: a search that breaches σ_thr stops
-        there, the configurations are labelled, the model refitted and those starts continue from their
-        last minimum with the hops and minima they have left. Decisions read the results in start order."""
+        """Every start's minimahopping task at once, round after round (workflows/hopping.py): a search that
+        breaches σ_thr stops there, the configurations are labelled, the model refitted and those starts
+        continue from their last minimum with the hops and minima they have left; minima of superseded
+        models are relaxed again with the final one."""
         h, al = self.p.hopping, self.p.active_learning
         starts = {(n, k): Start(a) for n in self.names for k, a in enumerate(self.starts(n))}
-        pending = list(starts)
-        for iteration in range(al.max_iterations + 1):
-            last = not self.learn or iteration == al.max_iterations
-            self.progress.set_stage(f"exploration: minima hopping, round {iteration}, {len(pending)} of "
-                                    f"{len(starts)} starts")
-            futures = {key: self.engine.submit(
-                self._hop_spec(SEED_STRIDE * self.p.seed + 100_000 * iteration + 1000 * self.names.index(key[0])
-                               + key[1], max(h.max_hops - starts[key].hops, 1),
-                               max(h.n_minima - len(starts[key].found), 1), stop=not last),
-                [starts[key].origin]) for key in pending}
-            wait(futures.values())
-            breached = []
-            for key, f in futures.items():
-                start, r = starts[key], settled(f)
-                if r is None:
-                    start.failed = True
-                    self.progress.log(f"{key[0]}: minima hopping from start {key[1]} failed: {f.exception()}")
-                    continue
-                start.hops += r.hops
-                start.found += [(m, e, s, self.model) for m, e, s in zip(r.minima, r.energies_eV,
-                                                                         r.sigma_per_minimum_eV)]
-                if r.breaching is not None:
-                    breached.append((key, r.breaching))
-                    start.breaches += 1
-                    if r.minima:
-                        start.origin = r.minima[-1]
-            # the last round searches to the end: its breaches are those whose σ went above σ_thr
-            above = len(breached) if not last else sum(
-                (r.max_sigma_eV or 0.0) > self.sigma_thr for r in map(settled, futures.values()) if r is not None)
-            worst = max((r.max_sigma_eV or 0.0 for r in map(settled, futures.values()) if r is not None), default=None)
-            self.report.iterations = iteration
-            self.report.criterion_value = float(above)
-            self.report.history.append({"iteration": iteration, "searches": len(pending), "breached": above,
-                                        "max_sigma_eV": worst, "interrupted": not last, "model": self.model.sha256})
-            self.progress.log(f"exploration round {iteration}: {above} of {len(pending)} searches above σ_thr = "
-                              f"{self.sigma_thr * 1000:g} meV" + (f"; max σ {worst * 1000:.1f} meV" if worst else ""))
-            if not above:
-                self.report.termination_met = not any(s.failed for s in starts.values())
-                break
-            if last:
-                break
-            labels = self.campaign.label([a for _, a in breached], block=BLOCK, iteration=iteration + 1,
-                                         reason="minima hopping σ breach")
-            self.campaign.wait_labels()
-            self.report.count(labels)
-            self.model = self.campaign.retrain(f"{BLOCK}-{iteration + 1}")
-            pending = [key for key, _ in breached if starts[key].hops < h.max_hops and len(starts[key].found) < h.n_minima]
-            if not pending:
-                break
-        self._current_minima(starts)
+        self.model = hop_rounds(
+            self.engine, self.progress, starts, model=self.model, spec=self._hop_spec,
+            seed=lambda key, iteration: (SEED_STRIDE * self.p.seed + 100_000 * iteration
+                                         + 1000 * self.names.index(key[0]) + key[1]),
+            max_hops=h.max_hops, n_minima=h.n_minima, sigma_thr_eV=self.sigma_thr,
+            campaign=self.campaign if self.learn else None, max_iterations=al.max_iterations if self.learn else 0,
+            report=self.report, block=BLOCK)
+        relax_again(self.engine, self.progress, starts, self.model, fixed_atoms=self.fixed,
+                    fmax_eV_per_A=h.fmax_eV_per_A, max_steps=h.max_optimisation_steps, report=self.report,
+                    block=BLOCK)
         out: dict[str, list[Start]] = {n: [] for n in self.names}
         for (n, _), start in starts.items():
             out[n].append(start)
         return out
-
-    def _current_minima(self, starts: dict) -> None:
-        """Minima found before the last refit are relaxed again with the final model (one `optimise` task
-        each) and their σ read with it (one `evaluate` per intermediate), so that every energy, σ and
-        E_ads compared below is the final model's."""
-        h = self.p.hopping
-        stale = [(key, i) for key, s in starts.items() for i, (_, _, _, model) in enumerate(s.found)
-                 if model.sha256 != self.model.sha256]
-        self.report.history[-1]["minima_relaxed_again"] = len(stale)
-        if not stale:
-            return
-        self.progress.set_stage(f"exploration: {len(stale)} minima relaxed again with the final model")
-        futures = [self._relax(starts[key].found[i][0], model=self.model, fmax_eV_per_A=h.fmax_eV_per_A,
-                               max_steps=h.max_optimisation_steps) for key, i in stale]
-        wait(futures)
-        relaxed = [(key, i, settled(f)) for (key, i), f in zip(stale, futures)]
-        ok = [(key, i, r) for key, i, r in relaxed if r is not None]
-        sigma = settled(self.engine.submit(EvaluateSpec(model=self.model), [r.final for _, _, r in ok])) if ok else None
-        for j, (key, i, r) in enumerate(ok):
-            s = max(sigma.sigma_per_atom_eV[j]) if sigma is not None else r.max_sigma_eV
-            starts[key].found[i] = (r.final, r.energy_eV, s, self.model)
-        dropped = {(key, i) for key, i, r in relaxed if r is None}
-        for key, i in sorted(dropped):
-            self.progress.log(f"{key[0]}: minimum {i} of start {key[1]} could not be relaxed with the final model")
-        for key, s in starts.items():
-            s.found = [m for i, m in enumerate(s.found) if (key, i) not in dropped]
 
     # ------------------------------------------------------------------ energies
     def chemical_potentials(self) -> tuple[dict[str, float] | None, str]:
@@ -255,6 +180,7 @@ class Exploration:
         b0 = self.cat.protocol.parameters.b0_initial
         self.cat._gas_energies(b0, self.cat._relax_gas(b0), None)
         return self.cat.mu, "gas references relaxed here"
+
 
     def _relax(self, atoms: Atoms, **potential):
         spec = OptimiseSpec(fixed_atoms=self.fixed, **potential)
