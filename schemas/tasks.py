@@ -34,6 +34,9 @@ class XTBReference(Strict):
     electronic_temperature_K: float = Field(300.0, gt=0)
     max_iterations: int = Field(250, gt=0)
     fallback: SCFFallback = SCFFallback()
+    # left out of a spec's JSON while 0: the task keys of neutral systems' labels stay what they were
+    charge: int = Field(0, exclude_if=lambda v: v == 0,
+                        description="total charge (e) of each structure labelled (an anion: -1)")
 
 
 class EMTReference(Strict):
@@ -339,6 +342,12 @@ class NEBSpec(TaskBase):
     reference: Reference | None = None
     n_images: int = Field(10, ge=1, description="intermediate images (endpoints excluded)")
     interpolation: Literal["idpp", "linear"] = "idpp"
+    # left out of a spec's JSON while 0: the task keys of earlier runs' bands stay what they were
+    rattle_A: float = Field(
+        0.0, ge=0, exclude_if=lambda v: v == 0,
+        description="Gaussian displacement (Å, seeded) of the interpolated images' free atoms: a band between "
+        "two planar conformers keeps their mirror plane, so its path stays in the plane and climbs to the "
+        "in-plane saddle rather than the torsion's (a hydroxyl turned by 180°); a small rattle breaks that")
     climb: bool = True
     method: Literal["aseneb", "improvedtangent", "eb", "spline", "string"] = "improvedtangent"
     precon: Literal["Exp"] | None = None

@@ -88,6 +88,11 @@ def initial_band(spec: NEBSpec, structures: list[Atoms]) -> list[Atoms]:
         NEB(images, method="improvedtangent").interpolate(
             method=spec.interpolation, mic=bool(first.pbc.any()), apply_constraint=False
         )
+        if spec.rattle_A > 0:  # off the endpoints' mirror plane (NEBSpec.rattle_A); the same rattle every try
+            rng = np.random.default_rng(0)
+            free = np.setdiff1d(np.arange(len(first)), spec.fixed_atoms)
+            for image in images[1:-1]:
+                image.positions[free] += rng.normal(0.0, spec.rattle_A, (len(free), 3))
     if first.pbc.any():
         make_continuous(images)
     return images

@@ -119,9 +119,12 @@ class Campaign:
 
     # ------------------------------------------------------------------ labelling
     def label(self, structures: list[Atoms], *, block: str, iteration: int, reason: str,
-              energy_weight: float = 1.0, force_weight: float = 1.0, config_type: str | None = None) -> Labels:
-        """Submit reference single points; each label is stored as soon as its calculation succeeds."""
-        spec = SinglePointSpec(reference=self.reference, max_force_eV_per_A=self.max_force_eV_per_A)
+              energy_weight: float = 1.0, force_weight: float = 1.0, config_type: str | None = None,
+              reference=None) -> Labels:
+        """Submit reference single points; each label is stored as soon as its calculation succeeds.
+        `reference`: other settings of the campaign's reference for these (neutral isolated atoms of a
+        charged molecule's E0s)."""
+        spec = SinglePointSpec(reference=reference or self.reference, max_force_eV_per_A=self.max_force_eV_per_A)
         provenance = dict(block=block, iteration=iteration, reason=reason, energy_weight=energy_weight,
                           force_weight=force_weight, config_type=config_type)
         futures = []

@@ -25,6 +25,8 @@ def calculator(ref: XTBReference, atoms: Atoms, ctx: TaskContext, fallback: bool
         max_iterations=ref.max_iterations,
         verbosity=0,
     )
+    if ref.charge:  # otherwise tblite's own default: the sum of the structure's initial charges
+        params["charge"] = ref.charge
     if fallback:
         fb = ref.fallback
         # tblite's Broyden damping plays the role of the mixing β; a smearing width maps to T_el = w / k_B.
@@ -35,7 +37,7 @@ def calculator(ref: XTBReference, atoms: Atoms, ctx: TaskContext, fallback: bool
 
 
 def label(ref: XTBReference) -> str:
-    return f"xtb:{ref.method}"
+    return f"xtb:{ref.method}" + (f" charge {ref.charge:+d}" if ref.charge else "")
 
 
 def scf_failed(workdir: Path) -> bool:
