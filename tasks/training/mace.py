@@ -32,8 +32,11 @@ def mace_training_images(configs: list[Atoms]) -> list[Atoms]:
     return images
 
 
-def mace_command(spec: MACEModelSpec, seed: int, e0: dict[int, float], device: str, has_stress: bool) -> list[str]:
-    """mace_run_train arguments for one committee member, run inside its own directory."""
+def mace_command(spec: MACEModelSpec, seed: int, e0: dict[int, float], device: str, has_stress: bool,
+                 configured: frozenset[int] | set[int] = frozenset()) -> list[str]:
+    """mace_run_train arguments for one committee member, run inside its own directory. configured: the
+    atomic numbers of the configurations fitted (default: those of the E0s)."""
+    configured = configured or set(e0)
     e0_text = "{" + ", ".join(f"{z}: {float(e)!r}" for z, e in e0.items()) + "}"
     cmd = [
         fitter_executable("mace_run_train"),
@@ -79,6 +82,10 @@ def mace_command(spec: MACEModelSpec, seed: int, e0: dict[int, float], device: s
             if not replay.is_file():
                 raise ValueError(f"model.replay_file: {replay} is not a file")
             cmd += ["--multiheads_finetuning=True", f"--pt_train_file={replay.resolve()}"]
+    if spec.foundation_model is None and set(e0) - {int(z) for z in configured}:
+        # an element with an E0 but in no configuration (a dopant's free atom): mace takes its element table
+        # from the configurations, so it is named here, or the model could not evaluate that element at all
+        cmd += [f"--atomic_numbers={sorted(int(z) for z in e0)}"]
     if has_stress:
         cmd += ["--stress_key=REF_stress", "--loss=stress", f"--stress_weight={spec.stress_weight}"]
     if spec.ema_decay is not None:
@@ -100,6 +107,7 @@ def fit(spec: MACEModelSpec, configs, isolated, workdir: Path, seed: int, device
         raise ValueError(f"model.seeds must differ between committee members, got {seeds}")
     e0 = reference_energies(configs, isolated)
     has_stress = any("REF_stress" in a.info and a.pbc.all() for a in configs)
+    configured = {int(z) for a in configs for z in a.numbers}
     write_training_file(workdir / "train.xyz", mace_training_images(configs))
     jobs = []
     for s in seeds:
@@ -107,7 +115,7 @@ def fit(spec: MACEModelSpec, configs, isolated, workdir: Path, seed: int, device
         member.mkdir(exist_ok=True)
         for old in member.glob("*.model"):  # a retried task must not pick up a model of the failed try
             old.unlink()
-        jobs.append((mace_command(spec, s, e0, device, has_stress), member, member / "mace_run_train.log"))
+        jobs.append((mace_command(spec, s, e0, device, has_stress, configured), member, member / "mace_run_train.log"))
     # members train side by side (they share the device; the cores are split between them)
     per_member = str(max(1, threads // len(seeds)))
     run_logged(jobs, {"OMP_NUM_THREADS": per_member, "MKL_NUM_THREADS": per_member})
