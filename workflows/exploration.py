@@ -61,6 +61,22 @@ def read_sources(protocol):
     return catalysis, model, run_dir
 
 
+def run_chemical_potentials(run_dir, cat) -> tuple[dict[str, float] | None, str]:
+    """The reference μ of a finished run and where they came from: its summary's where it has them; else
+    block 0's gas-reference tasks (relaxation and single point on the reference) through `cat`, a Catalysis
+    of the run's protocol on this run's engine: the same specs the run would have submitted."""
+    summary = run_dir / "summary.json" if run_dir else None
+    if summary is not None and summary.is_file():
+        mu = (json.loads(summary.read_text()).get("adsorption") or {}).get("chemical_potentials_eV")
+        if mu:
+            return mu, "run"
+    if not cat.gas_names:
+        return None, "off (gas_references: [])"
+    b0 = cat.protocol.parameters.b0_initial
+    cat._gas_energies(b0, cat._relax_gas(b0), None)
+    return cat.mu, "gas references relaxed here"
+
+
 def plan(protocol) -> list[str]:
     from .catalysis_build import build_system
 
@@ -168,19 +184,7 @@ class Exploration:
 
     # ------------------------------------------------------------------ energies
     def chemical_potentials(self) -> tuple[dict[str, float] | None, str]:
-        """The run's μ where its summary has them; else block 0's gas-reference tasks (relaxation and single
-        point on the reference), the same specs the run would have submitted."""
-        summary = self.run_dir / "summary.json" if self.run_dir else None
-        if summary is not None and summary.is_file():
-            mu = (json.loads(summary.read_text()).get("adsorption") or {}).get("chemical_potentials_eV")
-            if mu:
-                return mu, "run"
-        if not self.cat.gas_names:
-            return None, "off (gas_references: [])"
-        b0 = self.cat.protocol.parameters.b0_initial
-        self.cat._gas_energies(b0, self.cat._relax_gas(b0), None)
-        return self.cat.mu, "gas references relaxed here"
-
+        return run_chemical_potentials(self.run_dir, self.cat)
 
     def _relax(self, atoms: Atoms, **potential):
         spec = OptimiseSpec(fixed_atoms=self.fixed, **potential)
