@@ -11,6 +11,7 @@ WORKFLOWS = {
     "free_energy": ("reactforge.schemas.free_energy:FreeEnergyProtocol", "reactforge.workflows.free_energy"),
     "exploration": ("reactforge.schemas.exploration:ExplorationProtocol", "reactforge.workflows.exploration"),
     "finetune": ("reactforge.schemas.finetune:FinetuneProtocol", "reactforge.workflows.finetune"),
+    "transfer": ("reactforge.schemas.transfer:TransferProtocol", "reactforge.workflows.transfer"),
 }
 DEFAULT = "catalysis"
 

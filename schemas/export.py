@@ -14,6 +14,7 @@ from .kinds import TaskSpec
 from .nmr import NMRProtocol
 from .protocol import Protocol
 from .site import SiteConfig
+from .transfer import TransferProtocol
 
 SCHEMAS = {
     "catalysis-protocol": Protocol,
@@ -21,6 +22,7 @@ SCHEMAS = {
     "free-energy-protocol": FreeEnergyProtocol,
     "exploration-protocol": ExplorationProtocol,
     "finetune-protocol": FinetuneProtocol,
+    "transfer-protocol": TransferProtocol,
     "tasks-protocol": BatchProtocol,
     "site": SiteConfig,
     "task-spec": TaskSpec,
