@@ -25,7 +25,12 @@ class MLFFFiles(Strict):
 
 
 class NMRExploration(Strict):
-    """§5.3.1 minima hopping (ase.optimize.minimahopping) with the MLFF; minima de-duplicated by SOAP."""
+    """§5.3.1 minima hopping (ase.optimize.minimahopping) with the MLFF; minima de-duplicated by SOAP.
+
+    With `train:` the model learns on the way (thesis §3.4.3, workflows/hopping.py): a search whose MD or
+    relaxation exceeds σ_thr stops there, that configuration is labelled with train.reference, the model
+    refitted and the search continued from its last minimum, at most `learning_rounds` times; the last
+    round hops to the end and counts whether σ still went above σ_thr. With `model:` σ is only monitored."""
 
     T0_K: float = Field(1000.0, gt=0)
     Ediff0_eV: float = Field(0.5, gt=0)
@@ -41,6 +46,11 @@ class NMRExploration(Strict):
     )
     energy_window_eV: float = Field(0.5, gt=0, description="keep minima within this window above the lowest")
     max_minima: int = Field(4, ge=1, description="keep at most this many (lowest) minima; NEBs grow as n²")
+    max_optimisation_steps: int = Field(1000, ge=1, description="cap on each local relaxation of a hop")
+    sigma_thr_eV: float | None = Field(None, gt=0, description="σ_thr of the hops (default: train.sigma_thr_eV, "
+                                                               "else 0.05 eV, monitored only)")
+    learning_rounds: int = Field(10, ge=0, description="with train: refits on breaching configurations at most "
+                                                       "(0: σ only monitored)")
 
 
 class NMRSampling(Strict):
@@ -66,6 +76,10 @@ class NMRRates(Strict):
         None, description="atoms displaced in the vibrational analysis (None = all unfixed atoms)"
     )
     vibration_delta_A: float = Field(0.01, gt=0)
+    neb_rattle_A: float = Field(
+        0.05, ge=0, description="displacement of the NEB's interpolated images (NEBSpec.rattle_A): between planar "
+        "conformers the interpolated band keeps their mirror plane and finds the in-plane saddle, not the torsion's"
+    )
     n_zero_modes: int = Field(0, ge=0, description="translation/rotation modes to drop (6 for a free molecule)")
     rates_Hz: list[tuple[int, int, float]] | None = Field(
         None, description="given rates [i, j, k_i→j] instead of NEB (minima in protocol order), one direction "
@@ -153,6 +167,10 @@ class NMRProtocol(ProtocolFile):
     def _sources(self):
         if self.model is not None and self.train is not None:
             raise ValueError("give 'model' (a trained MLFF) or 'train' (train one here), not both")
+        charge = getattr(self.train.reference, "charge", None) if self.train is not None else None
+        if charge is not None and self.shielding.code == "nwchem" and charge != self.shielding.charge:
+            raise ValueError(f"train.reference.charge {charge} and shielding.charge {self.shielding.charge} "
+                             "differ: the MLFF and the shielding calculations must see the same molecule")
         if self.precomputed is None:
             if self.structure is None or (self.model is None and self.train is None):
                 raise ValueError("give 'structure' and 'model' or 'train' (exploration), or 'precomputed' magres files")

@@ -1,5 +1,7 @@
-"""Every shipped example passes `run.py --check` as shipped; the cheap one (precomputed NMR) also runs for
-real; a precomputed magres file that is missing or unreadable stops --check with exit 2 naming the field."""
+"""Every shipped example passes `run.py --check` as shipped, or stops with exit 2 naming the inputs it takes
+from an earlier run or that its user brings; the cheap one (precomputed NMR) also runs for real; a file an NMR
+protocol names that is missing (or a magres file that is unreadable) stops --check with exit 2 naming the
+field."""
 from __future__ import annotations
 
 import json
@@ -32,17 +34,37 @@ def _missing_earlier_inputs(example: Path) -> list[str]:
             if isinstance(data.get(key), str) and not (example.parent / data[key]).exists()]
 
 
+# inputs the user brings ("bring your own" in the example's header): the thesis's MOF cluster, its fine-tuned
+# MACE and the measured spectrum are not shipped
+BRING_YOUR_OWN = {"nmr_mfu4l.yaml": ("structure", "model.paths", "spectrum.experimental")}
+
+
+def _missing_own_inputs(example: Path) -> list[str]:
+    """The fields (as --check names them: model.paths.0) whose files are not there."""
+    data, missing = yaml.safe_load(example.read_text()), []
+    for dotted in BRING_YOUR_OWN.get(example.name, ()):
+        value = data
+        for key in dotted.split("."):
+            value = value[key]
+        names = {dotted: value} if isinstance(value, str) else {f"{dotted}.{i}": v for i, v in enumerate(value)}
+        missing += [field for field, name in names.items() if not (example.parent / name).exists()]
+    return missing
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_passes_check(example, tmp_path):
     """As shipped, every example passes --check; one that goes on from an earlier run (free energy,
     exploration, fine-tuning on the quickstart's run) passes once that run is there, and until then stops
-    with exit 2 naming the missing input."""
+    with exit 2 naming the missing input; one whose inputs the user brings (the MOF NMR example) stops with
+    exit 2 naming each missing file's field until they are there."""
     p = run_py("--check", "--no-preview", "--site", "local-htex", "--run-dir", tmp_path / "run", example)
-    missing = _missing_earlier_inputs(example)
-    if missing:
+    missing, own = _missing_earlier_inputs(example), _missing_own_inputs(example)
+    if missing or own:
         assert p.returncode == 2, p.stdout + p.stderr
-        assert str(example.name) in p.stderr and any(key in p.stderr for key in missing), p.stderr
-        assert "Traceback" not in p.stderr
+        assert str(example.name) in p.stderr and "Traceback" not in p.stderr, p.stderr
+        if missing:
+            assert any(key in p.stderr for key in missing), p.stderr
+        assert all(f"field '{field}': no such file" in p.stderr for field in own), p.stderr
     else:
         assert p.returncode == 0, p.stdout + p.stderr
         assert "is valid" in p.stdout
@@ -81,3 +103,21 @@ def test_check_names_a_file_that_is_not_magres(tmp_path):
     p = run_py("--check", "--no-preview", "--site", "local-htex", protocol)
     assert p.returncode == 2
     assert "field 'precomputed.0.static'" in p.stderr and "not a magres file" in p.stderr
+
+
+def test_check_names_a_missing_nmr_structure_and_model(tmp_path):
+    """An NMR protocol's structure and model files are checked before anything runs, like its magres files."""
+    protocol = tmp_path / "nmr.yaml"
+    data = yaml.safe_load((ROOT / "examples" / "nmr_bicarbonate.yaml").read_text())
+    data["structure"] = "absent.xyz"
+    protocol.write_text(yaml.safe_dump(data))
+    p = run_py("--check", "--no-preview", "--site", "local-htex", protocol)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert str(protocol) in p.stderr and f"field 'structure': no such file {str(tmp_path / 'absent.xyz')!r}" in p.stderr
+    shutil.copy(ROOT / "examples" / "structures" / "bicarbonate.xyz", tmp_path / "absent.xyz")
+    del data["train"]
+    data["model"] = {"model": "gap", "paths": ["gap.xml"]}
+    protocol.write_text(yaml.safe_dump(data))
+    p = run_py("--check", "--no-preview", "--site", "local-htex", protocol)
+    assert p.returncode == 2 and "field 'model.paths.0': no such file" in p.stderr, p.stderr
+    assert "field 'structure'" not in p.stderr

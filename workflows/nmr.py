@@ -1,6 +1,8 @@
 """Dynamic NMR spectra across time-scales (thesis §5.3, Fig. 5.1), read side by side with the thesis.
 
-§5.3.1 exploration    minima hopping with the MLFF; minima de-duplicated by per-atom SOAP distance
+§5.3.1 exploration    minima hopping with the MLFF; with `train:` the model learns on the way (a search above
+                      σ_thr stops, is labelled, the model refitted and the search continued: workflows/
+                      hopping.py, as the exploration workflow); minima de-duplicated by per-atom SOAP distance
                       NVT MD at each minimum; configurations sampled along it
           shielding    `nmrshielding` tasks for every minimum and every sample, concurrently
 §5.3.2 fast regime     σ_eff^(i), V_eff^(i): element-wise mean over the samples of minimum i (Eq. 5.10)
@@ -31,10 +33,12 @@ from reactforge.tasks.nmr import averaging, exchange, rates, spectra, tensors
 from reactforge.engine.engine import TaskFailed
 
 from . import minima as dedup
+from .active_learning import BlockReport
 
 
 def plan(protocol) -> list[str]:
     p, s = protocol, protocol.spectrum
+    check_inputs(p)
     lines = []
     if p.precomputed:
         check_precomputed(p)
@@ -49,8 +53,13 @@ def plan(protocol) -> list[str]:
     if not p.precomputed:
         e, md = p.exploration, p.sampling
         kind = p.model.model if p.model is not None else p.train.model.model
-        lines += [f"minima hopping ({kind}) from {p.structure}: up to {e.n_minima} minima, keep "
-                  f"≤ {e.max_minima} within {e.energy_window_eV} eV (SOAP distance {e.soap_distance})",
+        thr = hopping_sigma_thr(p)
+        learning = (f"a search above σ_thr {thr * 1000:g} meV is labelled with {p.train.reference.code}, the model "
+                    f"refitted and the search continued (≤ {e.learning_rounds} refits)"
+                    if p.train is not None and e.learning_rounds else f"σ_thr {thr * 1000:g} meV monitored")
+        lines += [f"minima hopping ({kind}) from {p.structure}: up to {e.n_minima} minima in {e.max_hops} hops, "
+                  f"{learning}; keep ≤ {e.max_minima} within {e.energy_window_eV} eV (SOAP distance "
+                  f"{e.soap_distance})",
                   f"NVT MD per minimum: {md.steps} × {md.timestep_fs} fs at {md.temperature_K} K, "
                   f"{md.n_samples} samples",
                   f"nmrshielding ({p.shielding.code}) per minimum and per sample"]
@@ -63,6 +72,33 @@ def plan(protocol) -> list[str]:
                  f"{s.orientation_scheme} {s.n_orientations} orientations, four panels of Fig. 5.1"
                  + (f", against {s.experimental}" if s.experimental else ""))
     return lines
+
+
+def hopping_sigma_thr(protocol) -> float:
+    e = protocol.exploration
+    if e.sigma_thr_eV is not None:
+        return e.sigma_thr_eV
+    return protocol.train.sigma_thr_eV if protocol.train is not None else 0.05
+
+
+def check_inputs(protocol) -> None:
+    """Every file the protocol names is there (and the structure readable): the plan calls this, so --check
+    (and a run) stops before anything starts, naming each missing file and its field."""
+    from reactforge.schemas.loading import read_structure
+
+    problems = []
+    if protocol.structure is not None:
+        try:
+            read_structure(protocol.resolve(protocol.structure), "structure")
+        except ValueError as err:
+            problems.append(str(err))
+    named = [(f"model.paths.{i}", name) for i, name in enumerate(protocol.model.paths)] if protocol.model else []
+    if protocol.spectrum.experimental is not None:
+        named.append(("spectrum.experimental", protocol.spectrum.experimental))
+    problems += [f"field '{field}': no such file {str(protocol.resolve(name))!r}" for field, name in named
+                 if not protocol.resolve(name).is_file()]
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def check_precomputed(protocol) -> None:
@@ -93,6 +129,8 @@ class NMRWorkflow:
     def __init__(self, protocol, engine, store, progress):
         self.p, self.engine, self.store, self.progress = protocol, engine, store, progress
         self.model = None
+        self.campaign = None  # with `train:`: the labels and reference the hops go on learning with
+        self.hopping = None  # what the exploration found, for the summary
         if protocol.model is not None:
             m = protocol.model
             self.model = store.model_ref(m.model, [protocol.resolve(x) for x in m.paths], m.uncertainty)
@@ -113,6 +151,7 @@ class NMRWorkflow:
         panels, scores, report = self.spectra(static, fast, K, p_eq)
         summary = {
             "n_minima": len(minima),
+            "exploration": self.hopping,
             "populations": p_eq.tolist(),
             "rates": rate_table,
             "sites": self.site_table(static, fast),
@@ -147,7 +186,7 @@ class NMRWorkflow:
         from .catalysis_build import isolated_atoms
 
         t = self.p.train
-        campaign = Campaign(self.engine, self.store, self.progress, t.reference, t.model, seed=t.seed)
+        campaign = self.campaign = Campaign(self.engine, self.store, self.progress, t.reference, t.model, seed=t.seed)
         start = self.start()
         self.progress.set_stage(f"MLFF training: {t.n_rattled} rattled copies of the structure and the E0s")
         rng = np.random.default_rng(t.seed)
@@ -157,8 +196,10 @@ class NMRWorkflow:
             a.positions += rng.normal(0.0, t.rattle_sigma_A, a.positions.shape)
             rattled.append(a)
         elements = sorted(set(start.get_chemical_symbols()))
+        # the E0s are neutral atoms' whatever the molecule's charge
+        neutral = t.reference.model_copy(update={"charge": 0}) if getattr(t.reference, "charge", 0) else None
         labels = [campaign.label(isolated_atoms(elements, t.isolated_box_A), block="nmr-initial", iteration=0,
-                                 reason="isolated atom", config_type=ISOLATED_ATOM),
+                                 reason="isolated atom", config_type=ISOLATED_ATOM, reference=neutral),
                   campaign.label(rattled, block="nmr-initial", iteration=0, reason="rattled structure")]
         campaign.wait_labels()
         blocks = {"nmr-initial": {"labels_added": sum(x.added for x in labels),
@@ -174,22 +215,50 @@ class NMRWorkflow:
 
     # ------------------------------------------------------------------ §5.3.1 exploration of dynamic events
     def explore(self) -> list[Atoms]:
+        """Minima hopping from the start structure (workflows/hopping.py): with `train:` a search that
+        breaches σ_thr is labelled, the model refitted and the search continued from its last minimum; the
+        minima of superseded models are relaxed again with the final one. Then the lowest distinct minima
+        within the energy window."""
+        from .hopping import HOPPING_CRITERION, Start, hop_rounds, relax_again
+
         e = self.p.exploration
-        self.progress.set_stage("minima hopping")
-        start = self.start()
-        spec = MinimaHoppingSpec(model=self.model, T0_K=e.T0_K, Ediff0_eV=e.Ediff0_eV, mdmin=e.mdmin,
-                                 fmax_eV_per_A=e.fmax_eV_per_A, timestep_fs=e.timestep_fs, n_minima=e.n_minima,
-                                 max_hops=e.max_hops, fixed_atoms=self.p.fixed_atoms, seed=e.seed)
-        mh = self.engine.submit(spec, [start]).result()
-        order = np.argsort(mh.energies_eV)
+        block = "nmr-hopping"
+        learn = self.campaign is not None and e.learning_rounds > 0
+        report = BlockReport(block, criterion=HOPPING_CRITERION)
+        starts = {("structure", 0): Start(self.start())}
+
+        def spec(model, seed, hops, n_minima, sigma_thr_eV):
+            return MinimaHoppingSpec(model=model, T0_K=e.T0_K, Ediff0_eV=e.Ediff0_eV, mdmin=e.mdmin,
+                                     fmax_eV_per_A=e.fmax_eV_per_A, timestep_fs=e.timestep_fs, n_minima=n_minima,
+                                     max_hops=hops, max_optimisation_steps=e.max_optimisation_steps,
+                                     fixed_atoms=self.p.fixed_atoms, sigma_thr_eV=sigma_thr_eV, seed=seed)
+
+        self.model = hop_rounds(self.engine, self.progress, starts, model=self.model, spec=spec,
+                                seed=lambda key, iteration: e.seed + 100_000 * iteration, max_hops=e.max_hops,
+                                n_minima=e.n_minima, sigma_thr_eV=hopping_sigma_thr(self.p),
+                                campaign=self.campaign if learn else None,
+                                max_iterations=e.learning_rounds if learn else 0, report=report, block=block)
+        relax_again(self.engine, self.progress, starts, self.model, fixed_atoms=self.p.fixed_atoms,
+                    fmax_eV_per_A=e.fmax_eV_per_A, max_steps=e.max_optimisation_steps, report=report, block=block)
+        found = [(m, en, sig) for m, en, sig, _ in starts[("structure", 0)].found]
+        if not found:
+            raise RuntimeError("minima hopping found no minimum (see the log for the failed searches)")
         kept = []
-        for i in order:
-            if mh.energies_eV[i] - mh.energies_eV[order[0]] > e.energy_window_eV or len(kept) == e.max_minima:
+        for m, en, sig in sorted(found, key=lambda x: x[1]):
+            if en - min(x[1] for x in found) > e.energy_window_eV or len(kept) == e.max_minima:
                 break
-            if all(soap_distance(mh.minima[i], k) >= e.soap_distance for k in kept):
-                kept.append(mh.minima[i])
-        self.progress.log(f"{len(mh.minima)} minima visited, {len(kept)} distinct kept")
-        return kept
+            if all(soap_distance(m, k[0]) >= e.soap_distance for k in kept):
+                kept.append((m, en, sig))
+        self.progress.log(f"{len(found)} minima visited, {len(kept)} distinct kept: "
+                          + ", ".join(f"{en - kept[0][1]:+.3f} eV" for _, en, _ in kept))
+        self.hopping = {"hops": starts[("structure", 0)].hops, "minima_visited": len(found),
+                        "minima": [{"energy_eV": en, "relative_energy_eV": en - kept[0][1], "sigma_eV": sig}
+                                   for _, en, sig in kept],
+                        "learning": {**{k: v for k, v in report.as_dict().items() if k != "breach_trace"},
+                                     "enabled": learn, "sigma_thr_eV": hopping_sigma_thr(self.p)}}
+        if learn:
+            self.hopping["learning"]["labels_in_training_set"] = self.store.count()
+        return [m for m, _, _ in kept]
 
     def sample_md(self, minima: list[Atoms]) -> list[list[Atoms]]:
         """n_samples MD segments per minimum, each continuing the last; the segment ends are the samples.
@@ -258,9 +327,10 @@ class NMRWorkflow:
 
         self.progress.set_stage(f"NEB between {n * (n - 1) // 2} minima pairs, vibrations of {n} minima")
         spec = NEBSpec(model=self.model, n_images=r.n_images, fmax_eV_per_A=r.fmax_eV_per_A,
-                       max_steps=r.max_steps, fixed_atoms=self.p.fixed_atoms)
+                       max_steps=r.max_steps, fixed_atoms=self.p.fixed_atoms, rattle_A=r.neb_rattle_A)
         pairs = list(combinations(range(n), 2))
-        futs = {pair: self.engine.submit(spec, [minima[pair[0]], minima[pair[1]]]) for pair in pairs}
+        futs = {pair: self.engine.submit(spec, [minima[pair[0]], superposed(minima[pair[1]], minima[pair[0]])])
+                for pair in pairs}
         vib_atoms = r.vibration_atoms or [i for i in range(len(minima[0])) if i not in set(self.p.fixed_atoms)]
         vib_spec = VibrationsSpec(model=self.model, indices=vib_atoms, delta_A=r.vibration_delta_A)
         vib_min = [self.engine.submit(vib_spec, [m]) for m in minima]
@@ -367,6 +437,19 @@ class NMRWorkflow:
                         row[f"{name}_eta_Q"] = float(tensors.eta_q(np.asarray(v)[a]))
                 rows.append(row)
         return rows
+
+
+def superposed(atoms: Atoms, onto: Atoms) -> Atoms:
+    """`atoms` turned and moved onto `onto` (least squares, atom i on atom i) when neither is periodic: minima of
+    a free molecule come out of the search in whatever orientation its MD left them, and a band interpolated
+    between two orientations would turn the whole molecule."""
+    if atoms.pbc.any() or onto.pbc.any():
+        return atoms
+    from ase.build import minimize_rotation_and_translation
+
+    out = atoms.copy()
+    minimize_rotation_and_translation(onto, out)
+    return out
 
 
 def _ok(fut: Future, progress):

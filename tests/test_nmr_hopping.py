@@ -1,0 +1,197 @@
+"""The nmr workflow's minima hopping (§5.3.1) with a model that learns on the way (workflows/hopping.py, shared
+with the exploration workflow), what makes the minima of a free molecule distinct, the bands between them, and
+a charged molecule's reference."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.cluster import Icosahedron
+from ase.io import read, write
+from pydantic import ValidationError
+
+from conftest import Quiet, tiny_gap_spec
+from reactforge.engine.engine import Engine, task_key
+from reactforge.engine.store import Store
+from reactforge.schemas.loading import read_yaml, validate
+from reactforge.schemas.nmr import NMRProtocol
+from reactforge.schemas.site import SiteConfig
+from reactforge.schemas.tasks import NEBSpec, SinglePointSpec, XTBReference
+from reactforge.tasks.minimahopping import RigidCompare
+from reactforge.tasks.neb import initial_band
+from reactforge.workflows import nmr
+
+ROOT = Path(__file__).resolve().parents[1]
+BICARBONATE = ROOT / "examples" / "structures" / "bicarbonate.xyz"
+C, O1, O2, O3, H = range(5)
+# between the σ of the freshly trained GAP at the relaxed Cu13 (~3 meV) and what its 2000 K hops reach (~10 meV)
+SIGMA_THR = 0.006
+
+
+def _cu13_protocol(tmp_path: Path, **changes) -> NMRProtocol:
+    structure = tmp_path / "cu13.xyz"
+    write(structure, Icosahedron("Cu", 2))  # no cell: boxed by the workflow
+    data = {"workflow": "nmr", "name": "nmr-hopping", "structure": str(structure),
+            "train": {"reference": {"code": "emt"}, "model": tiny_gap_spec().model.model_dump(mode="json"),
+                      "n_rattled": 3, "temperatures_K": [300.0], "md_steps": 20, "timestep_fs": 1.0,
+                      "sigma_thr_eV": 0.5, "max_iterations": 1},
+            "exploration": {"T0_K": 2000.0, "n_minima": 3, "max_hops": 3, "mdmin": 1, "sigma_thr_eV": SIGMA_THR,
+                            "learning_rounds": 2},
+            "shielding": {"code": "nwchem"}, "spectrum": {"isotope": "63Cu", "element": "Cu", "sigma_ref_ppm": 0.0}}
+    data.update(changes)
+    return NMRProtocol.model_validate(data)
+
+
+def _engine(run_dir: Path) -> Engine:
+    return Engine(validate("local", read_yaml(ROOT / "site-configs" / "local.yaml"), SiteConfig), run_dir)
+
+
+def _sigmas(model, structures) -> list[float]:
+    from reactforge.tasks.mlff import load_mlff
+
+    calc, out = load_mlff(model), []
+    for a in structures:
+        a = a.copy()
+        a.calc = calc
+        a.get_potential_energy()
+        out.append(float(np.max(calc.results["sigma_per_atom"])))
+    return out
+
+
+def test_a_breaching_hop_is_labelled_the_model_refitted_and_the_search_continued(tmp_path):
+    p = _cu13_protocol(tmp_path)
+    assert any("a search above σ_thr 6 meV is labelled with emt" in line for line in nmr.plan(p))
+    run_dir = tmp_path / "run"
+    store = Store(run_dir)
+    with _engine(run_dir) as engine:
+        wf = nmr.NMRWorkflow(p, engine, store, Quiet())
+        wf.train_model()
+        trained, n_trained = wf.model, store.count()
+        minima = wf.explore()
+    learning = wf.hopping["learning"]
+    first, *later = learning["history"]
+    assert learning["enabled"] and first["interrupted"] and first["breached"] == 1
+    assert first["model"] == trained.sha256 and later and later[0]["model"] != trained.sha256  # refitted
+    # ... the search went on (with what it had left) until a round stayed below σ_thr or the rounds ran out
+    assert learning["termination_met"] == (later[-1]["breached"] == 0)
+    assert later[-1]["interrupted"] == (len(later) < p.exploration.learning_rounds)
+    new = store.training_set(block="nmr-hopping")
+    assert len(new) == learning["labels_added"] == sum(h["breached"] for h in learning["history"]
+                                                       if h["interrupted"]) >= 1
+    assert {a.info["reason"] for a in new} == {"minima hopping σ breach"}
+    assert store.count() == n_trained + len(new) == learning["labels_in_training_set"]
+    assert wf.model.sha256 == later[-1]["model"]  # what MD, NEB and vibrations go on with
+    assert (run_dir / "models" / "nmr-hopping-1").is_dir()
+    # the minima kept are the final model's: relaxed again with it, σ read with it
+    assert later[-1]["minima_relaxed_again"] >= 1
+    assert len(minima) == len(wf.hopping["minima"]) >= 1 and wf.hopping["minima_visited"] >= len(minima)
+    assert [m["sigma_eV"] for m in wf.hopping["minima"]] == pytest.approx(_sigmas(wf.model, minima), rel=1e-6)
+
+
+def test_with_a_given_model_sigma_is_only_monitored(tmp_path, tiny_gap_model):
+    p = _cu13_protocol(tmp_path, train=None, model={"model": "gap", "paths": tiny_gap_model.paths})
+    assert any("σ_thr 6 meV monitored" in line for line in nmr.plan(p))
+    run_dir = tmp_path / "run"
+    with _engine(run_dir) as engine:
+        wf = nmr.NMRWorkflow(p, engine, Store(run_dir), Quiet())
+        minima = wf.explore()
+    learning = wf.hopping["learning"]
+    assert not learning["enabled"] and len(learning["history"]) == 1
+    assert not learning["history"][0]["interrupted"] and learning["labels_added"] == 0
+    assert wf.model.sha256 == tiny_gap_model.sha256 and minima
+    assert Store(run_dir).count() == 0
+
+
+def _mirror_partner(m0: Atoms) -> Atoms:
+    """The bicarbonate minimum with its O–H turned by 180° about C–O1 (syn to O3 instead of O2): m0 mirrored
+    through the plane of C–O1 and the molecular normal, O2 and O3 relabelled."""
+    normal = np.cross(m0.positions[O2] - m0.positions[C], m0.positions[O3] - m0.positions[C])
+    n = np.cross(m0.positions[O1] - m0.positions[C], normal)
+    n /= np.linalg.norm(n)
+    d = (m0.positions - m0.positions[C]) @ n
+    m1 = Atoms(m0.get_chemical_symbols(), positions=m0.positions - 2 * d[:, None] * n)
+    m1.positions[[O2, O3]] = m1.positions[[O3, O2]]
+    return m1
+
+
+def test_a_free_molecule_turned_is_the_same_minimum_its_mirror_partner_is_not():
+    m0 = read(BICARBONATE)
+    turned = m0.copy()
+    turned.rotate(73, (1, 2, 3), center="COM")
+    turned.translate((2.0, -1.0, 0.5))
+    compare = RigidCompare()
+    assert compare(m0, turned) < 1e-6
+    # ASE's own comparison (like atoms paired, translation only) calls the turned copy a new minimum
+    from ase.optimize.minimahopping import ComparePositions
+
+    assert ComparePositions(translate=True)(m0, turned) > 0.5
+    assert compare(m0, _mirror_partner(m0)) > 0.5  # O2 and O3 swapped roles: another NMR environment
+    assert nmr.soap_distance(m0, _mirror_partner(m0)) > 0.05
+
+
+def test_band_endpoints_are_superposed_and_rattled_off_the_mirror_plane():
+    m0 = read(BICARBONATE)
+    m1 = _mirror_partner(m0)
+    turned = m1.copy()
+    turned.rotate(120, (0, 1, 1), center="COM")
+    aligned = nmr.superposed(turned, m0)
+    assert np.allclose(aligned.get_all_distances(), m1.get_all_distances())  # only turned and moved
+
+    def rmsd(a, b):
+        return float(np.sqrt(((a.positions - b.positions) ** 2).sum(axis=1).mean()))
+
+    assert rmsd(aligned, m0) <= rmsd(m1, m0) + 1e-9 < rmsd(turned, m0)  # as close as the mirror partner gets
+    flat = initial_band(NEBSpec(reference={"code": "emt"}, n_images=5), [m0, m1])
+    rattled = initial_band(NEBSpec(reference={"code": "emt"}, n_images=5, rattle_A=0.05, fixed_atoms=[C]), [m0, m1])
+
+    def off_plane(a: Atoms) -> float:
+        centred = a.positions - a.positions.mean(axis=0)
+        return float(np.linalg.svd(centred, compute_uv=False)[-1])  # the smallest extent: 0 for a planar image
+
+    assert max(off_plane(a) for a in flat) < 1e-3  # a planar pair's band stays planar: the in-plane path
+    assert min(off_plane(a) for a in rattled[1:-1]) > 1e-2
+    assert all(np.allclose(b.positions[C], m0.positions[C]) for b in rattled)  # fixed atoms are not rattled
+    assert np.allclose(rattled[0].positions, flat[0].positions) and np.allclose(rattled[-1].positions,
+                                                                                flat[-1].positions)
+
+
+def test_reference_charge_keeps_neutral_task_keys_and_reaches_tblite(tmp_path):
+    from reactforge.tasks.context import TaskContext
+    from reactforge.tasks.references import xtb
+
+    m0 = read(BICARBONATE)
+    neutral, anion = XTBReference(), XTBReference(charge=-1)
+    assert "charge" not in json.dumps(SinglePointSpec(reference=neutral).model_dump(mode="json"))
+    assert task_key(SinglePointSpec(reference=neutral), [m0]) != task_key(SinglePointSpec(reference=anion), [m0])
+    ctx = TaskContext(workdir=tmp_path)
+    assert xtb.calculator(anion, m0, ctx).parameters.charge == -1
+    assert xtb.label(anion) == "xtb:GFN2-xTB charge -1" and xtb.label(neutral) == "xtb:GFN2-xTB"
+
+
+def test_a_charged_molecule_is_labelled_charged_and_its_e0s_neutral(tmp_path):
+    p = NMRProtocol.model_validate({
+        "workflow": "nmr", "name": "hco3", "structure": str(BICARBONATE),
+        "train": {"reference": {"code": "xtb", "charge": -1}, "model": tiny_gap_spec().model.model_dump(mode="json"),
+                  "n_rattled": 2, "temperatures_K": [300.0], "md_steps": 10, "sigma_thr_eV": 1.0, "max_iterations": 1},
+        "shielding": {"code": "nwchem", "charge": -1}, "spectrum": {"sigma_ref_ppm": 301.5}})
+    run_dir = tmp_path / "run"
+    store = Store(run_dir)
+    with _engine(run_dir) as engine:
+        nmr.NMRWorkflow(p, engine, store, Quiet()).train_model()
+    labels = store.training_set()
+    atoms = [a for a in labels if len(a) == 1]
+    assert sorted(a.get_chemical_symbols()[0] for a in atoms) == ["C", "H", "O"]
+    assert {a.info["reference"] for a in atoms} == {"xtb:GFN2-xTB"}
+    assert {a.info["reference"] for a in labels if len(a) == 5} == {"xtb:GFN2-xTB charge -1"}
+
+
+def test_the_mlff_and_the_shielding_see_the_same_charge():
+    data = {"workflow": "nmr", "name": "hco3", "structure": str(BICARBONATE),
+            "train": {"reference": {"code": "xtb", "charge": -1}}, "shielding": {"code": "nwchem"},
+            "spectrum": {"sigma_ref_ppm": 301.5}}
+    with pytest.raises(ValidationError, match="train.reference.charge -1 and shielding.charge 0 differ"):
+        NMRProtocol.model_validate(data)
+    NMRProtocol.model_validate({**data, "shielding": {"code": "nwchem", "charge": -1}})
