@@ -370,3 +370,52 @@ def test_pair_terms_only_for_pairs_in_the_data():
     terms = distance_2b_terms(spec, [1, 29], present)
     assert len(terms) == 1 and "Z1=29 Z2=29" in terms[0]
     assert len(distance_2b_terms(spec, [1, 29])) == 3
+
+
+def _emt_cuau(n: int, seed: int) -> list[Atoms]:
+    """Rattled Cu3Au cells labelled with EMT: a two-element system (mace's replay needs more than one)."""
+    from ase.calculators.emt import EMT
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(n):
+        a = bulk("Cu", "fcc", a=3.7, cubic=True)
+        a.symbols[0] = "Au"
+        a.rattle(0.05 + 0.02 * i, seed=int(rng.integers(1 << 30)))
+        a.calc = EMT()
+        a.info["REF_energy"] = a.get_potential_energy()
+        a.arrays["REF_forces"] = a.get_forces()
+        a.calc = None
+        frames.append(a)
+    return frames
+
+
+def test_mace_replay_fine_tuning_keeps_the_foundation_head_and_e0s(tmp_path):
+    """With replay_file, mace's multi-head fine-tuning: the model gains the foundation's head ("pt_head")
+    beside "Default", the one every calculator of this project evaluates; its E0s are the foundation's."""
+    from reactforge.schemas.tasks import MACEModelSpec
+    from reactforge.tasks.mlff import load_mlff
+    from reactforge.tasks.training.mace import model_e0s
+
+    data = _emt_cuau(8, seed=1)
+    small = dict(committee_size=1, hidden_irreps="8x0e", max_L=0, max_ell=1, correlation=2, r_max_A=4.0,
+                 num_interactions=1, batch_size=4, stage_two_start_epoch=None)
+    found = run(TrainSpec(model=MACEModelSpec(max_num_epochs=3, **small)), data, TaskContext(workdir=tmp_path / "f"))
+    replay = tmp_path / "replay.xyz"
+    from ase.io import write
+
+    write(replay, data, format="extxyz")
+    foundation = found.model.paths[0]
+    spec = TrainSpec(model=MACEModelSpec(max_num_epochs=2, foundation_model=foundation, replay_file=str(replay), **small))
+    result = run(spec, _emt_cuau(5, seed=2), TaskContext(workdir=tmp_path / "t"))
+    cmd = shlex.split(result.commands[0])
+    assert "--multiheads_finetuning=True" in cmd and f"--pt_train_file={replay.resolve()}" in cmd
+    import torch
+
+    tuned = torch.load(result.model.paths[0], map_location="cpu", weights_only=False)
+    assert list(tuned.heads) == ["pt_head", "Default"]
+    foundation_e0 = model_e0s(Path(foundation))
+    assert result.e0_eV == {"Cu": foundation_e0[29], "Au": foundation_e0[79]}
+    atoms = _emt_cuau(1, seed=3)[0]
+    atoms.calc = load_mlff(result.model)
+    assert np.isfinite(atoms.get_potential_energy())

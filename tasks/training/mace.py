@@ -106,6 +106,16 @@ def fit(spec: MACEModelSpec, configs, isolated, workdir: Path, seed: int, device
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"model.seeds must differ between committee members, got {seeds}")
     e0 = reference_energies(configs, isolated)
+    if spec.foundation_model is not None:
+        # fine-tuning keeps the foundation's E0s: a least-squares fit of a few labels that share one
+        # composition is ill-posed, and mace's replay head would otherwise take it
+        if not Path(spec.foundation_model).is_file():
+            raise ValueError(f"model.foundation_model: {spec.foundation_model} is not a file (fine-tuning takes a local model file)")
+        found = model_e0s(Path(spec.foundation_model))
+        missing = sorted(set(e0) - set(found))
+        if missing:
+            raise ValueError(f"model.foundation_model: {Path(spec.foundation_model).name} has no E0 for Z = {missing}")
+        e0 = {z: found[z] for z in e0}
     has_stress = any("REF_stress" in a.info and a.pbc.all() for a in configs)
     configured = {int(z) for a in configs for z in a.numbers}
     write_training_file(workdir / "train.xyz", mace_training_images(configs))
@@ -135,10 +145,13 @@ def fit(spec: MACEModelSpec, configs, isolated, workdir: Path, seed: int, device
 
 
 def model_e0s(path: Path) -> dict[int, float]:
-    """Per-element E0 (eV) stored in a MACE model file (its first head)."""
+    """Per-element E0 (eV) stored in a MACE model file, of the head MACECalculator uses ("Default"; a
+    replay fine-tune also has mace's "pt_head", first)."""
     import torch
 
     model = torch.load(path, map_location="cpu", weights_only=False)
+    heads = list(getattr(model, "heads", None) or ["Default"])
     energies = model.atomic_energies_fn.atomic_energies.detach().cpu().numpy()
-    energies = energies.reshape(-1, len(model.atomic_numbers))[0]
+    energies = energies.reshape(-1, len(model.atomic_numbers))
+    energies = energies[heads.index("Default") if "Default" in heads and len(energies) == len(heads) else 0]
     return {int(z): float(e) for z, e in zip(model.atomic_numbers.tolist(), energies)}
