@@ -89,6 +89,8 @@ def test_a_breaching_hop_is_labelled_the_model_refitted_and_the_search_continued
     assert later[-1]["minima_relaxed_again"] >= 1
     assert len(minima) == len(wf.hopping["minima"]) >= 1 and wf.hopping["minima_visited"] >= len(minima)
     assert [m["sigma_eV"] for m in wf.hopping["minima"]] == pytest.approx(_sigmas(wf.model, minima), rel=1e-6)
+    start = wf.start()  # ... and turned into the start structure's frame
+    assert all(np.allclose(nmr.superposed(m, start).positions, m.positions, atol=1e-6) for m in minima)
 
 
 def test_with_a_given_model_sigma_is_only_monitored(tmp_path, tiny_gap_model):
@@ -140,10 +142,19 @@ def test_band_endpoints_are_superposed_and_rattled_off_the_mirror_plane():
     aligned = nmr.superposed(turned, m0)
     assert np.allclose(aligned.get_all_distances(), m1.get_all_distances())  # only turned and moved
 
-    def rmsd(a, b):
-        return float(np.sqrt(((a.positions - b.positions) ** 2).sum(axis=1).mean()))
+    def rmsd(a, b):  # mass-weighted: the Eckart frame's measure
+        w = a.get_masses()
+        return float(np.sqrt((w * ((a.positions - b.positions) ** 2).sum(axis=1)).sum() / w.sum()))
 
     assert rmsd(aligned, m0) <= rmsd(m1, m0) + 1e-9 < rmsd(turned, m0)  # as close as the mirror partner gets
+    back = turned.copy()
+    back.rotate(-120, (0, 1, 1), center="COM")
+    back.translate((1.0, 2.0, 3.0))
+    assert np.allclose(nmr.superposed(back, m1).positions, m1.positions, atol=1e-8)  # a rigid copy goes home
+    periodic = m1.copy()
+    periodic.set_cell([10.0] * 3, scale_atoms=False)
+    periodic.pbc = True
+    assert nmr.superposed(periodic, m0) is periodic  # a lattice holds its own frame
     flat = initial_band(NEBSpec(reference={"code": "emt"}, n_images=5), [m0, m1])
     rattled = initial_band(NEBSpec(reference={"code": "emt"}, n_images=5, rattle_A=0.05, fixed_atoms=[C]), [m0, m1])
 

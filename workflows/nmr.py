@@ -251,6 +251,8 @@ class NMRWorkflow:
                 kept.append((m, en, sig))
         self.progress.log(f"{len(found)} minima visited, {len(kept)} distinct kept: "
                           + ", ".join(f"{en - kept[0][1]:+.3f} eV" for _, en, _ in kept))
+        start = self.start()
+        kept = [(superposed(m, start), en, sig) for m, en, sig in kept]  # the start's frame (a molecule's)
         self.hopping = {"hops": starts[("structure", 0)].hops, "minima_visited": len(found),
                         "minima": [{"energy_eV": en, "relative_energy_eV": en - kept[0][1], "sigma_eV": sig}
                                    for _, en, sig in kept],
@@ -261,7 +263,8 @@ class NMRWorkflow:
         return [m for m, _, _ in kept]
 
     def sample_md(self, minima: list[Atoms]) -> list[list[Atoms]]:
-        """n_samples MD segments per minimum, each continuing the last; the segment ends are the samples.
+        """n_samples MD segments per minimum, each continuing the last; the segment ends are the samples (a
+        molecule's in its minimum's frame: `superposed`).
         A segment whose per-atom σ exceeds sampling.sigma_thr_eV ends that minimum's sampling: configurations
         outside the model's domain are not worth a shielding calculation."""
         md = self.p.sampling
@@ -285,7 +288,7 @@ class NMRWorkflow:
                     current[i] = None
                     continue
                 current[i] = res.final
-                samples[i].append(res.final)
+                samples[i].append(superposed(res.final, minima[i]))  # the minimum's frame (a molecule's)
         return samples
 
     def shielding(self, minima, md_samples):
@@ -440,15 +443,21 @@ class NMRWorkflow:
 
 
 def superposed(atoms: Atoms, onto: Atoms) -> Atoms:
-    """`atoms` turned and moved onto `onto` (least squares, atom i on atom i) when neither is periodic: minima of
-    a free molecule come out of the search in whatever orientation its MD left them, and a band interpolated
-    between two orientations would turn the whole molecule."""
+    """`atoms` turned and moved onto `onto` (atom i on atom i, mass-weighted least squares: the Eckart frame)
+    when neither is periodic. A free molecule turns as a whole during minima hopping and MD; held in a lattice
+    (the thesis's MOF) it would not, so the minima are put in the start structure's frame and each MD sample
+    in its minimum's: otherwise a jump between minima, or the average over samples, would also turn the
+    tensors by the molecule's tumbling, and a band interpolated between two orientations would turn it too."""
     if atoms.pbc.any() or onto.pbc.any():
         return atoms
-    from ase.build import minimize_rotation_and_translation
-
+    w = atoms.get_masses()[:, None]
+    centre, target = (w * atoms.positions).sum(0) / w.sum(), (w * onto.positions).sum(0) / w.sum()
+    p, q = atoms.positions - centre, onto.positions - target
+    u, _, vt = np.linalg.svd((w * p).T @ q)
+    d = np.sign(np.linalg.det(vt.T @ u.T))  # a rotation, not a reflection
+    rotation = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
     out = atoms.copy()
-    minimize_rotation_and_translation(onto, out)
+    out.positions = p @ rotation.T + target
     return out
 
 
