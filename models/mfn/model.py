@@ -53,9 +53,11 @@ class MFNConfig:
     # a tight-binding-like H whose σ and π bands are both wide, so f(H) carries orientations along a
     # chain from the first step; a narrow π band between the poles transmits nothing (evanescent)
     matrix_product_scale: float = 0.1
-    # initial Im z_s, geometric spread over the poles. Im z ≈ 0.5 gives a smooth energy surface from the
-    # start; resolving the π levels of a 12-carbon chain needs ~0.06–0.2 (benchmarks/mfn_cumulene.py)
-    pole_im_init: tuple[float, float] = (0.5, 0.5)
+    # initial Im z_s, geometric spread over the poles (normalised spectrum, variance 1). Poles near 1 keep
+    # the energy surface smooth; those near 0.1 resolve the levels of a 12–30 carbon chain, whose length
+    # parity and end-to-end dihedral decay along the chain as exp(−Im z · d / v). All at 0.5 left the
+    # dihedral signal at n_C = 12 at 1e-4 of the per-atom energy spread (models/mfn/diagnose.py)
+    pole_im_init: tuple[float, float] = (0.1, 1.0)
     matrix_norm: str = "batch"
     readout_mlp: int = 16
     avg_num_neighbors: float = 2.0
@@ -75,7 +77,7 @@ class MatrixFunctionLayer(torch.nn.Module):
     CH2 group (the vectors V_i of its carbon all lie on the chain axis).
     """
 
-    def __init__(self, node_irreps: o3.Irreps, num_bessel: int, cfg: MFNConfig):
+    def __init__(self, node_irreps: o3.Irreps, num_bessel: int, cfg: MFNConfig, node_attr_irreps: o3.Irreps | None = None):
         super().__init__()
         c = cfg.matrix_channels
         self.c = c
@@ -98,6 +100,10 @@ class MatrixFunctionLayer(torch.nn.Module):
         sh_index = {ir: n for n, (_, ir) in enumerate(self.sh_irreps)}
         dir_instr = [(0, sh_index[ir], k, "uvu", True) for k, (_, _, ir) in enumerate(self.basis.paths) if ir in sh_index]
         self.scalars = o3.Linear(node_irreps, scalars_c)
+        # element embedding e_Z, O(1) from the start: the bond-direction and neighbourhood terms are built
+        # from u = e_Z + scalars(V), not from scalars(V) alone (see matrix())
+        n_el = len(cfg.atomic_numbers)
+        self.species = o3.Linear(node_attr_irreps or o3.Irreps(f"{n_el}x0e"), scalars_c)
         self.bond_tp = o3.TensorProduct(
             scalars_c, self.sh_irreps, path_irreps, dir_instr, shared_weights=False, internal_weights=False
         )
@@ -118,11 +124,19 @@ class MatrixFunctionLayer(torch.nn.Module):
         self.function = PoleExpansion(c, cfg.n_poles, cfg.pole_im_min, im_init=cfg.pole_im_init)
         self.update = o3.Linear(path_irreps, node_irreps)
 
-    def matrix(self, V, edge_feats, edge_vectors, edge_index, batch, ptr):
-        """The normalised H [B, c, n·M, n·M] and its real-row mask."""
+    def matrix(self, V, node_attrs, edge_feats, edge_vectors, edge_index, batch, ptr):
+        """The normalised H [B, c, n·M, n·M] and its real-row mask.
+
+        u = e_Z + scalars(V): hoppings go as u_i u_j and on-site terms as u_j, so with u = scalars(V) alone
+        (untrained MACE features are ~0.05 on inner carbons) the C–C hopping started ~10× below the on-site
+        spread and below the pole widths: H was nearly diagonal and f(H) local, so a chain's parity and
+        dihedral signals, ~(t/Im z)^d, reached the energy at 1e-13–1e-3 of the per-atom spread at n_C = 12
+        (models/mfn/diagnose.py), with gradients to match. The element embedding gives every bond an O(1)
+        hopping per element pair and channel (Slater–Koster-like); scalars(V) modulate it with geometry.
+        """
         sender, receiver = edge_index[0], edge_index[1]
         Vc = self.project(V)
-        u = self.scalars(V)
+        u = self.species(node_attrs) + self.scalars(V)
         Y = self.sh(edge_vectors)
         eps = self.edge_tp(Vc[sender], Vc[receiver], self.radial(edge_feats))
         eps = self.product_scale * eps + self.bond_tp(u[sender] * u[receiver], Y, self.bond_radial(edge_feats))
@@ -134,8 +148,8 @@ class MatrixFunctionLayer(torch.nn.Module):
         H, mask = dense_blocks(off, edge_index, on, batch, ptr)
         return self.norm(H, mask), mask
 
-    def forward(self, V, edge_feats, edge_vectors, edge_index, batch, ptr):
-        H, _ = self.matrix(V, edge_feats, edge_vectors, edge_index, batch, ptr)
+    def forward(self, V, node_attrs, edge_feats, edge_vectors, edge_index, batch, ptr):
+        H, _ = self.matrix(V, node_attrs, edge_feats, edge_vectors, edge_index, batch, ptr)
         fH = self.function(H)  # [B, c, n·M, n·M]
         B, c, nM, _ = fH.shape
         M = self.basis.M
@@ -193,7 +207,7 @@ class MFN(torch.nn.Module):
                     use_sc=t > 0,
                 )
             )
-            self.matrix_layers.append(MatrixFunctionLayer(hidden, self.radial_embedding.out_dim, cfg))
+            self.matrix_layers.append(MatrixFunctionLayer(hidden, self.radial_embedding.out_dim, cfg, node_attr_irreps))
             if t < cfg.num_layers - 1:
                 self.readouts.append(LinearReadoutBlock(hidden, o3.Irreps("0e")))
             else:
@@ -233,7 +247,7 @@ class MFN(torch.nn.Module):
                 cutoff=cutoff,
             )
             V = product(node_feats=m, sc=sc, node_attrs=node_attrs)
-            h = matrix_layer(V, edge_feats, vectors, edge_index, batch, ptr)
+            h = matrix_layer(V, node_attrs, edge_feats, vectors, edge_index, batch, ptr)
             node_energy = node_energy + self.scale_shift(readout(h).squeeze(-1), torch.zeros_like(batch))
         energy = scatter_sum(node_energy, batch, dim=0, dim_size=n_graphs)
         out = {"energy": energy, "node_energy": node_energy, "forces": None}
