@@ -128,7 +128,8 @@ def build_model(name: str, s: dict, e0s, scale: float, avg_nb: float):
         atomic_numbers=[1, 6], atomic_energies_eV=list(e0s), r_max_A=3.0, num_layers=2, channels=s["channels"],
         max_ell=s["max_ell"], correlation=s["correlation"], matrix_l_max=0 if name == "mfn_l0" else 1,
         matrix_channels=s["matrix_channels"], n_poles=s["n_poles"], avg_num_neighbors=avg_nb, scale=scale,
-        matrix_norm=s.get("matrix_norm", "batch"), pole_im_init=tuple(s.get("pole_im_init", (0.5, 0.5))),
+        matrix_norm=s.get("matrix_norm", "batch"),
+        **({"pole_im_init": tuple(s["pole_im_init"])} if "pole_im_init" in s else {}),  # else MFNConfig's
     )
     return MFN(cfg)
 
