@@ -206,3 +206,50 @@ def test_the_mlff_and_the_shielding_see_the_same_charge():
     with pytest.raises(ValidationError, match="train.reference.charge -1 and shielding.charge 0 differ"):
         NMRProtocol.model_validate(data)
     NMRProtocol.model_validate({**data, "shielding": {"code": "nwchem", "charge": -1}})
+
+
+def test_a_band_is_checked_against_the_reference_the_model_was_trained_on(tmp_path, tiny_gap_model):
+    """Cu adatom fcc ↔ hcp on Cu(111) with the project's tiny GAP (fitted to EMT): with `train:` (reference EMT)
+    the band's images get EMT single points and the table says the EMT barrier along the GAP's band."""
+    from ase.build import add_adsorbate, fcc111
+    from ase.calculators.emt import EMT
+    from ase.constraints import FixAtoms
+    from ase.optimize import BFGS
+
+    from reactforge.tasks.mlff import load_mlff
+
+    calc, minima = load_mlff(tiny_gap_model), []
+    for site in ("fcc", "hcp"):
+        slab = fcc111("Cu", size=(2, 2, 3), a=3.61, vacuum=8.0)
+        add_adsorbate(slab, Atoms("Cu"), 2.0, site)
+        slab.set_constraint(FixAtoms(indices=[a.index for a in slab if a.tag == 3]))
+        slab.calc = calc
+        BFGS(slab, logfile=None).run(fmax=0.005, steps=300)
+        slab.calc = None
+        slab.info.pop("adsorbate_info", None)
+        minima.append(slab)
+    structure = tmp_path / "slab.extxyz"
+    write(structure, minima[0])
+    p = NMRProtocol.model_validate({
+        "workflow": "nmr", "name": "cu-hop", "structure": str(structure),
+        "fixed_atoms": [a.index for a in minima[0] if a.tag == 3], "train": {"reference": {"code": "emt"}},
+        "rates": {"n_images": 3, "fmax_eV_per_A": 0.05, "max_steps": 300, "vibration_atoms": [12]},
+        "spectrum": {"sigma_ref_ppm": 0.0}})
+    run_dir = tmp_path / "run"
+    with _engine(run_dir) as engine:
+        wf = nmr.NMRWorkflow(p, engine, Store(run_dir), Quiet())
+        wf.model = tiny_gap_model
+        _, _, table = wf.rate_matrix(minima)
+    row = table[0]
+    band = row["reference_energies_on_band_eV"]
+    assert len(band) == 3 + 2 and band[0 if row["from"] == 0 else -1] == 0.0
+    assert row["reference_barrier_on_band_eV"] == max(band)
+    emt = []
+    for a in minima:  # the endpoints' EMT energies: the band's ends are the minima themselves
+        a = a.copy()
+        a.calc = EMT()
+        emt.append(a.get_potential_energy())
+    assert band[-1] - band[0] == pytest.approx(emt[1] - emt[0], abs=1e-6)
+    assert abs(row["reference_barrier_on_band_eV"] - row["barrier_eV"]) < 0.1  # the tiny GAP knows EMT Cu
+    assert row["k_reference_on_band_Hz"] == pytest.approx(
+        row["prefactor_Hz"] * np.exp(-row["reference_barrier_on_band_eV"] / (8.617333e-5 * 300)), rel=1e-6)

@@ -6,7 +6,8 @@
                       NVT MD at each minimum; configurations sampled along it
           shielding    `nmrshielding` tasks for every minimum and every sample, concurrently
 §5.3.2 fast regime     σ_eff^(i), V_eff^(i): element-wise mean over the samples of minimum i (Eq. 5.10)
-       rates           CI-NEB between minima pairs; harmonic TST with the Vineyard prefactor (ASE Vibrations)
+       rates           CI-NEB between minima pairs; harmonic TST with the Vineyard prefactor (ASE Vibrations);
+                       with `train:` the reference's energies along each band check its barrier
        intermediate    jump model between the minima's tensors with the rate matrix K
        fast + interm.  jump model between the MD-averaged tensors
 Fig. 5.1               panels A static, B intermediate, C fast, D fast + intermediate, over the experiment.
@@ -27,6 +28,7 @@ from reactforge.schemas.tasks import (
     MinimaHoppingSpec,
     NEBSpec,
     NMRShieldingSpec,
+    SinglePointSpec,
     VibrationsSpec,
 )
 from reactforge.tasks.nmr import averaging, exchange, rates, spectra, tensors
@@ -46,8 +48,9 @@ def plan(protocol) -> list[str]:
         lines.append(f"minima from {len(p.precomputed)} precomputed magres file(s), {n_samples} MD sample(s)")
     if p.train is not None:
         t = p.train
-        lines.append(f"MLFF ({t.model.model}) trained on {p.structure} with {t.reference.code}: {t.n_rattled} rattled "
-                     f"copies + E0s, then MD ({t.md_steps} × {t.timestep_fs} fs) at "
+        charge = f" (charge {t.reference.charge:+d})" if getattr(t.reference, "charge", 0) else ""
+        lines.append(f"MLFF ({t.model.model}) trained on {p.structure} with {t.reference.code}{charge}: "
+                     f"{t.n_rattled} rattled copies + E0s, then MD ({t.md_steps} × {t.timestep_fs} fs) at "
                      f"{', '.join(f'{T:g}' for T in t.temperatures_K)} K until no run exceeds σ_thr "
                      f"{t.sigma_thr_eV * 1000:g} meV (≤ {t.max_iterations} rounds each)")
     if not p.precomputed:
@@ -67,7 +70,8 @@ def plan(protocol) -> list[str]:
         lines.append(f"rates given for {len(p.rates.rates_Hz)} pair(s)")
     else:
         lines.append(f"CI-NEB ({p.rates.n_images} images) + vibrational analysis per minima pair, "
-                     f"T = {p.rates.temperature_K} K")
+                     f"T = {p.rates.temperature_K} K" + (f"; each band's images checked with {p.train.reference.code}"
+                                                         if p.train is not None else ""))
     lines.append(f"spectra: {s.isotope} at {s.field_T} T, {f'{s.spin_rate_Hz / 1000:g} kHz MAS' if s.mas else 'static'}, "
                  f"{s.orientation_scheme} {s.n_orientations} orientations, four panels of Fig. 5.1"
                  + (f", against {s.experimental}" if s.experimental else ""))
@@ -338,13 +342,19 @@ class NMRWorkflow:
         vib_spec = VibrationsSpec(model=self.model, indices=vib_atoms, delta_A=r.vibration_delta_A)
         vib_min = [self.engine.submit(vib_spec, [m]) for m in minima]
         # each saddle's vibrations start as soon as its NEB is done
-        nebs, vib_ts = {}, {}
+        # with `train:`, the band is checked against the reference it was trained on: single points of its
+        # images (not labels; the model is not refitted here)
+        check = (SinglePointSpec(reference=self.p.train.reference, max_force_eV_per_A=1e6)
+                 if self.p.train is not None else None)
+        nebs, vib_ts, band_ref = {}, {}, {}
         for fut in as_completed(set(futs.values())):
             for pair in (p for p, f in futs.items() if f is fut):
                 nebs[pair] = _ok(fut, self.progress)
                 if nebs[pair] is not None:
                     ts = nebs[pair].images[int(np.argmax(nebs[pair].energies_eV))]
                     vib_ts[pair] = self.engine.submit(vib_spec, [ts])
+                    if check is not None:
+                        band_ref[pair] = [self.engine.submit(check, [a]) for a in nebs[pair].images]
         self.progress.set_stage("vibrational analysis")
         at_minima = [f.result() for f in vib_min]
         freqs = [v.frequencies() for v in at_minima]
@@ -370,9 +380,20 @@ class NMRWorkflow:
                 continue
             k = rates.harmonic_tst_rate_Hz(e_ts - energies[lo], r.temperature_K, nu)
             forward[(lo, j if lo == i else i)] = k
-            table.append({"i": i, "j": j, "barrier_eV": e_ts - energies[lo], "from": lo, "prefactor_Hz": nu,
-                          "k_Hz": k, "k_eyring_Hz": rates.eyring_rate_Hz(e_ts - energies[lo], r.temperature_K),
-                          "neb_converged": neb.converged, "max_sigma_eV": neb.max_sigma_eV})
+            row = {"i": i, "j": j, "barrier_eV": e_ts - energies[lo], "from": lo, "prefactor_Hz": nu,
+                   "k_Hz": k, "k_eyring_Hz": rates.eyring_rate_Hz(e_ts - energies[lo], r.temperature_K),
+                   "neb_converged": neb.converged, "max_sigma_eV": neb.max_sigma_eV}
+            if (i, j) in band_ref:
+                ref = [getattr(_ok(f, self.progress), "energy_eV", None) for f in band_ref[(i, j)]]
+                start = ref[0] if lo == i else ref[-1]
+                if None not in ref:
+                    # the reference's barrier along the MLFF's band (its own saddle can only be lower)
+                    row["reference_barrier_on_band_eV"] = max(ref) - start
+                    row["reference_energies_on_band_eV"] = [e - start for e in ref]
+                    row["k_reference_on_band_Hz"] = rates.harmonic_tst_rate_Hz(max(ref) - start, r.temperature_K, nu)
+                    self.progress.log(f"minima {i}–{j}: barrier {row['barrier_eV']:.3f} eV with the MLFF, "
+                                      f"{max(ref) - start:.3f} eV along its band with {check.reference.code}")
+            table.append(row)
         return exchange.detailed_balance_rate_matrix(p_eq, forward), p_eq, table
 
     # ------------------------------------------------------------------ Fig. 5.1
