@@ -253,3 +253,55 @@ def test_a_band_is_checked_against_the_reference_the_model_was_trained_on(tmp_pa
     assert abs(row["reference_barrier_on_band_eV"] - row["barrier_eV"]) < 0.1  # the tiny GAP knows EMT Cu
     assert row["k_reference_on_band_Hz"] == pytest.approx(
         row["prefactor_Hz"] * np.exp(-row["reference_barrier_on_band_eV"] / (8.617333e-5 * 300)), rel=1e-6)
+
+
+def test_a_continued_search_does_not_count_its_origin_again():
+    """workflows/hopping.py with scripted searches: a search continued from its last minimum relaxes and records
+    that minimum first, which must not use up the minima it has left (it did: bicarbonate's four-minima search
+    stopped after three breached rounds with its start recorded four times and its mirror minimum unfound)."""
+    from concurrent.futures import Future
+
+    from reactforge.schemas.results import MinimaHoppingResult
+    from reactforge.schemas.tasks import MinimaHoppingSpec, ModelRef
+    from reactforge.workflows.active_learning import BlockReport, Labels
+    from reactforge.workflows.hopping import Start, hop_rounds
+
+    a, b, c = (Atoms("H2", positions=[[0, 0, 0], [0, 0, d]]) for d in (0.7, 0.8, 0.9))
+    rounds = [  # round 0 records a, breaches; round 1 records a again and b, breaches; round 2 records b, c
+        MinimaHoppingResult(minima=[a], energies_eV=[0.0], sigma_per_minimum_eV=[0.0], hops=1, breaching=b),
+        MinimaHoppingResult(minima=[a, b], energies_eV=[0.0, 0.1], sigma_per_minimum_eV=[0.0, 0.0], hops=2,
+                            breaching=c),
+        MinimaHoppingResult(minima=[b, c], energies_eV=[0.1, 0.2], sigma_per_minimum_eV=[0.0, 0.0], hops=2),
+    ]
+    asked = []
+
+    class Engine:
+        def submit(self, spec, structures):
+            asked.append((spec, structures[0]))
+            f = Future()
+            f.set_result(rounds[len(asked) - 1])
+            return f
+
+    class Campaign:
+        def label(self, structures, **_):
+            return Labels()
+
+        def wait_labels(self):
+            pass
+
+        def retrain(self, name):
+            return ModelRef(model="gap", paths=["x"], sha256=name)
+
+    def spec(model, seed, hops, n_minima, sigma_thr_eV):
+        return MinimaHoppingSpec(model=model, seed=seed, max_hops=hops, n_minima=n_minima, sigma_thr_eV=sigma_thr_eV)
+
+    starts = {("s", 0): Start(a)}
+    model = hop_rounds(Engine(), Quiet(), starts, model=ModelRef(model="gap", paths=["x"], sha256="0"), spec=spec,
+                       seed=lambda key, i: i, max_hops=10, n_minima=4, sigma_thr_eV=0.01, campaign=Campaign(),
+                       max_iterations=5, report=BlockReport("b", "c"), block="b")
+    assert [s.n_minima for s, _ in asked] == [4, 4, 3]  # 4 to find; 3 distinct left after a, b (a found twice)
+    assert [s.max_hops for s, _ in asked] == [10, 9, 7]
+    assert asked[1][1] is a and asked[2][1] is b  # each continued from its last minimum
+    start = starts[("s", 0)]
+    assert len(start.found) == 5 and start.refound == 2 and start.minima_left(4) == 1
+    assert model.sha256 == "b-2"

@@ -37,6 +37,11 @@ class Start:
     found: list[tuple[Atoms, float, float, ModelRef]] = field(default_factory=list)
     breaches: int = 0
     failed: bool = False
+    origin_found: bool = False  # the origin is one of `found` (a continued search records it again first)
+    refound: int = 0  # minima in `found` that are a continued search's origin recorded again
+
+    def minima_left(self, n_minima: int) -> int:
+        return n_minima - (len(self.found) - self.refound)
 
 
 # spec(model, seed, hops, n_minima, sigma_thr_eV or None for no interrupt) -> the round's task spec
@@ -54,8 +59,9 @@ def hop_rounds(engine, progress, starts: dict[Hashable, Start], *, model: ModelR
     for iteration in range(max_iterations + 1):
         last = not learn or iteration == max_iterations
         progress.set_stage(f"{block}: minima hopping, round {iteration}, {len(pending)} of {len(starts)} starts")
+        # a continued search first relaxes its origin and records it again: that minimum is not counted
         futures = {key: engine.submit(spec(model, seed(key, iteration), max(max_hops - starts[key].hops, 1),
-                                           max(n_minima - len(starts[key].found), 1),
+                                           max(starts[key].minima_left(n_minima) + starts[key].origin_found, 1),
                                            None if last else sigma_thr_eV),
                                       [starts[key].origin]) for key in pending}
         wait(futures.values())
@@ -67,12 +73,13 @@ def hop_rounds(engine, progress, starts: dict[Hashable, Start], *, model: ModelR
                 progress.log(f"{key[0]}: minima hopping from start {key[1]} failed: {f.exception()}")
                 continue
             start.hops += r.hops
+            start.refound += bool(r.minima) and start.origin_found
             start.found += [(m, e, s, model) for m, e, s in zip(r.minima, r.energies_eV, r.sigma_per_minimum_eV)]
             if r.breaching is not None:
                 breached.append((key, r.breaching))
                 start.breaches += 1
                 if r.minima:
-                    start.origin = r.minima[-1]
+                    start.origin, start.origin_found = r.minima[-1], True
         results = [r for r in map(settled, futures.values()) if r is not None]
         # the last round searches to the end: its breaches are those whose σ went above σ_thr
         above = len(breached) if not last else sum((r.max_sigma_eV or 0.0) > sigma_thr_eV for r in results)
@@ -93,7 +100,7 @@ def hop_rounds(engine, progress, starts: dict[Hashable, Start], *, model: ModelR
         campaign.wait_labels()
         report.count(labels)
         model = campaign.retrain(f"{block}-{iteration + 1}")
-        pending = [key for key, _ in breached if starts[key].hops < max_hops and len(starts[key].found) < n_minima]
+        pending = [key for key, _ in breached if starts[key].hops < max_hops and starts[key].minima_left(n_minima) > 0]
         if not pending:
             break
     return model
