@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SITE   ?= local-htex
 
-.PHONY: demo test test-all setup system-deps slurm-local browser bench clean-venv quickstart-run free-energy exploration
+.PHONY: demo test test-all setup system-deps slurm-local browser bench clean-venv quickstart-run free-energy exploration finetune
 
 demo: setup
 	$(VENV)/bin/reactforge run --site $(SITE) examples/quickstart.yaml
@@ -23,6 +23,22 @@ free-energy: quickstart-run
 
 exploration: quickstart-run
 	$(VENV)/bin/reactforge run --site $(SITE) examples/quickstart-exploration.yaml
+
+# Fine-tuning a foundation model (thesis ch. 4) on the quickstart's system. No weights are downloaded: the
+# foundation is a stand-in, a small MACE trained here on the quickstart run's GFN2-xTB labels (ZBL pair
+# repulsion keeps its MD from collapsing where it has seen no data); on a cluster, point the example's
+# `foundation_model` at MACE-MP-0's file instead.
+FOUNDATION := runs/quickstart-foundation/foundation.model
+
+$(FOUNDATION): | quickstart-run
+	mkdir -p $(@D) && cd $(@D) && $(abspath $(VENV))/bin/mace_run_train --name=foundation \
+	  --train_file=$(abspath $(QUICKSTART_RUN))/dataset.xyz --valid_fraction=0.1 --energy_key=REF_energy \
+	  --forces_key=REF_forces --E0s=average --model=MACE --hidden_irreps=16x0e --r_max=4.0 --num_interactions=2 \
+	  --max_L=0 --correlation=2 --pair_repulsion --batch_size=8 --max_num_epochs=60 --patience=60 --device=cpu \
+	  --default_dtype=float64 --seed=1 --save_cpu > train.log 2>&1
+
+finetune: quickstart-run $(FOUNDATION)
+	$(VENV)/bin/reactforge run --site $(SITE) examples/finetune.yaml
 
 test: setup slurm-local browser
 	$(PY) -m pytest -q
