@@ -139,6 +139,9 @@ class NMRTraining(Strict):
     timestep_fs: float = Field(0.5, gt=0)
     sigma_thr_eV: float = Field(0.05, gt=0)
     max_iterations: int = Field(8, ge=1, description="MD rounds per temperature")
+    max_force_eV_per_A: float = Field(
+        50.0, gt=0, description="labels with a larger reference force are discarded as unphysical (also those of "
+        "the hops' breaches): a molecule's MLFF that is too soft where a bond is compressed needs those labels")
     seed: int = Field(0, ge=0)
 
 

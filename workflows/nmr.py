@@ -190,7 +190,8 @@ class NMRWorkflow:
         from .catalysis_build import isolated_atoms
 
         t = self.p.train
-        campaign = self.campaign = Campaign(self.engine, self.store, self.progress, t.reference, t.model, seed=t.seed)
+        campaign = self.campaign = Campaign(self.engine, self.store, self.progress, t.reference, t.model,
+                                            max_force_eV_per_A=t.max_force_eV_per_A, seed=t.seed)
         start = self.start()
         self.progress.set_stage(f"MLFF training: {t.n_rattled} rattled copies of the structure and the E0s")
         rng = np.random.default_rng(t.seed)
