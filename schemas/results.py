@@ -80,6 +80,8 @@ class MinimaHoppingResult(Strict):
                                                            "sigma_thr_eV; the search stopped there")
     max_sigma_eV: float | None = Field(None, description="largest per-atom σ of any evaluation of the search "
                                                          "(this attempt's, when resumed)")
+    temperature_K: float | None = Field(None, description="the search's MD temperature when it stopped (ASE adapts "
+                                                          "it to what the hops find): a continued search starts there")
 
 
 class UmbrellaWindowResult(Strict):

@@ -140,7 +140,7 @@ def _hop(folder: Path) -> None:
                 sigmas.append(float(np.max(mlff.results["sigma_per_atom"])))
     tmp = folder / "sigma.json.tmp"
     tmp.write_text(json.dumps({"sigma_per_minimum_eV": sigmas, "hops": max(hopping._counter - 1, 0),
-                               "max_sigma_eV": seen["max_sigma_eV"]}))
+                               "max_sigma_eV": seen["max_sigma_eV"], "temperature_K": hopping._temperature}))
     tmp.rename(folder / "sigma.json")
 
 
@@ -221,6 +221,7 @@ def _collect(folder: Path, resumed: bool) -> MinimaHoppingResult:
         resumed=resumed,
         breaching=plain_atoms(read(breach)) if breach.exists() else None,
         max_sigma_eV=extra.get("max_sigma_eV"),
+        temperature_K=extra.get("temperature_K"),
     )
 
 

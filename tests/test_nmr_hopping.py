@@ -268,9 +268,10 @@ def test_a_continued_search_does_not_count_its_origin_again():
 
     a, b, c = (Atoms("H2", positions=[[0, 0, 0], [0, 0, d]]) for d in (0.7, 0.8, 0.9))
     rounds = [  # round 0 records a, breaches; round 1 records a again and b, breaches; round 2 records b, c
-        MinimaHoppingResult(minima=[a], energies_eV=[0.0], sigma_per_minimum_eV=[0.0], hops=1, breaching=b),
+        MinimaHoppingResult(minima=[a], energies_eV=[0.0], sigma_per_minimum_eV=[0.0], hops=1, breaching=b,
+                            temperature_K=1100.0),
         MinimaHoppingResult(minima=[a, b], energies_eV=[0.0, 0.1], sigma_per_minimum_eV=[0.0, 0.0], hops=2,
-                            breaching=c),
+                            breaching=c, temperature_K=1210.0),
         MinimaHoppingResult(minima=[b, c], energies_eV=[0.1, 0.2], sigma_per_minimum_eV=[0.0, 0.0], hops=2),
     ]
     asked = []
@@ -292,8 +293,9 @@ def test_a_continued_search_does_not_count_its_origin_again():
         def retrain(self, name):
             return ModelRef(model="gap", paths=["x"], sha256=name)
 
-    def spec(model, seed, hops, n_minima, sigma_thr_eV):
-        return MinimaHoppingSpec(model=model, seed=seed, max_hops=hops, n_minima=n_minima, sigma_thr_eV=sigma_thr_eV)
+    def spec(model, seed, hops, n_minima, sigma_thr_eV, T0_K):
+        return MinimaHoppingSpec(model=model, seed=seed, max_hops=hops, n_minima=n_minima, sigma_thr_eV=sigma_thr_eV,
+                                 T0_K=T0_K or 1000.0)
 
     starts = {("s", 0): Start(a)}
     model = hop_rounds(Engine(), Quiet(), starts, model=ModelRef(model="gap", paths=["x"], sha256="0"), spec=spec,
@@ -301,6 +303,7 @@ def test_a_continued_search_does_not_count_its_origin_again():
                        max_iterations=5, report=BlockReport("b", "c"), block="b")
     assert [s.n_minima for s, _ in asked] == [4, 4, 3]  # 4 to find; 3 distinct left after a, b (a found twice)
     assert [s.max_hops for s, _ in asked] == [10, 9, 7]
+    assert [s.T0_K for s, _ in asked] == [1000.0, 1100.0, 1210.0]  # at the temperature the last search reached
     assert asked[1][1] is a and asked[2][1] is b  # each continued from its last minimum
     start = starts[("s", 0)]
     assert len(start.found) == 5 and start.refound == 2 and start.minima_left(4) == 1

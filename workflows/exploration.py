@@ -152,10 +152,10 @@ class Exploration:
             a.positions[self.n_slab:] += rng.normal(0.0, s.rattle_A, (len(a) - self.n_slab, 3))
         return placed
 
-    def _hop_spec(self, model: ModelRef, seed: int, hops: int, n_minima: int,
-                  sigma_thr_eV: float | None) -> MinimaHoppingSpec:
+    def _hop_spec(self, model: ModelRef, seed: int, hops: int, n_minima: int, sigma_thr_eV: float | None,
+                  T0_K: float | None) -> MinimaHoppingSpec:
         h = self.p.hopping
-        return MinimaHoppingSpec(model=model, T0_K=h.T0_K, Ediff0_eV=h.Ediff0_eV, mdmin=h.mdmin,
+        return MinimaHoppingSpec(model=model, T0_K=T0_K or h.T0_K, Ediff0_eV=h.Ediff0_eV, mdmin=h.mdmin,
                                  fmax_eV_per_A=h.fmax_eV_per_A, timestep_fs=h.timestep_fs, n_minima=n_minima,
                                  max_hops=hops, max_optimisation_steps=h.max_optimisation_steps,
                                  fixed_atoms=self.fixed, sigma_thr_eV=sigma_thr_eV, seed=seed)

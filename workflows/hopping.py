@@ -5,9 +5,10 @@ rounds        every start's `minimahopping` task at once; with a Campaign, a sea
               breaches σ_thr stops at that configuration (the task's `breaching`)
 label, refit  the breaching configurations are labelled with the campaign's reference and the model refitted
               on the campaign's labels plus these (Campaign.label, Campaign.retrain)
-continue      each interrupted start goes on from its last minimum with the hops and minima it has left, round
-              after round; the last allowed round hops to the end without the interrupt and counts the searches
-              whose σ went above σ_thr. Without a Campaign there is one such round: σ is only monitored.
+continue      each interrupted start goes on from its last minimum, at the temperature its search had reached,
+              with the hops and minima it has left, round after round; the last allowed round hops to the end
+              without the interrupt and counts the searches whose σ went above σ_thr. Without a Campaign there
+              is one such round: σ is only monitored.
 relax again   minima found with a superseded model are relaxed again with the final one and their σ read with
               it, so that every energy compared afterwards is the final model's
 """
@@ -38,14 +39,16 @@ class Start:
     breaches: int = 0
     failed: bool = False
     origin_found: bool = False  # the origin is one of `found` (a continued search records it again first)
+    temperature_K: float | None = None  # where the last search's adaptive temperature stopped
     refound: int = 0  # minima in `found` that are a continued search's origin recorded again
 
     def minima_left(self, n_minima: int) -> int:
         return n_minima - (len(self.found) - self.refound)
 
 
-# spec(model, seed, hops, n_minima, sigma_thr_eV or None for no interrupt) -> the round's task spec
-SpecFor = Callable[[ModelRef, int, int, int, "float | None"], MinimaHoppingSpec]
+# spec(model, seed, hops, n_minima, sigma_thr_eV or None for no interrupt, T0_K or None for the protocol's)
+# -> the round's task spec
+SpecFor = Callable[[ModelRef, int, int, int, "float | None", "float | None"], MinimaHoppingSpec]
 
 
 def hop_rounds(engine, progress, starts: dict[Hashable, Start], *, model: ModelRef, spec: SpecFor,
@@ -62,7 +65,7 @@ def hop_rounds(engine, progress, starts: dict[Hashable, Start], *, model: ModelR
         # a continued search first relaxes its origin and records it again: that minimum is not counted
         futures = {key: engine.submit(spec(model, seed(key, iteration), max(max_hops - starts[key].hops, 1),
                                            max(starts[key].minima_left(n_minima) + starts[key].origin_found, 1),
-                                           None if last else sigma_thr_eV),
+                                           None if last else sigma_thr_eV, starts[key].temperature_K),
                                       [starts[key].origin]) for key in pending}
         wait(futures.values())
         breached = []
@@ -73,6 +76,7 @@ def hop_rounds(engine, progress, starts: dict[Hashable, Start], *, model: ModelR
                 progress.log(f"{key[0]}: minima hopping from start {key[1]} failed: {f.exception()}")
                 continue
             start.hops += r.hops
+            start.temperature_K = r.temperature_K
             start.refound += bool(r.minima) and start.origin_found
             start.found += [(m, e, s, model) for m, e, s in zip(r.minima, r.energies_eV, r.sigma_per_minimum_eV)]
             if r.breaching is not None:

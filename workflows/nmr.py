@@ -232,8 +232,8 @@ class NMRWorkflow:
         report = BlockReport(block, criterion=HOPPING_CRITERION)
         starts = {("structure", 0): Start(self.start())}
 
-        def spec(model, seed, hops, n_minima, sigma_thr_eV):
-            return MinimaHoppingSpec(model=model, T0_K=e.T0_K, Ediff0_eV=e.Ediff0_eV, mdmin=e.mdmin,
+        def spec(model, seed, hops, n_minima, sigma_thr_eV, T0_K):
+            return MinimaHoppingSpec(model=model, T0_K=T0_K or e.T0_K, Ediff0_eV=e.Ediff0_eV, mdmin=e.mdmin,
                                      fmax_eV_per_A=e.fmax_eV_per_A, timestep_fs=e.timestep_fs, n_minima=n_minima,
                                      max_hops=hops, max_optimisation_steps=e.max_optimisation_steps,
                                      fixed_atoms=self.p.fixed_atoms, sigma_thr_eV=sigma_thr_eV, seed=seed)
