@@ -199,7 +199,13 @@ def run(args) -> int:
                 say(f"error: run stopped: {err}\nfinished tasks are kept in {run_dir / 'journal.db'}; "
                     "the same command resumes the run", err=True)
                 return 1
-            except BaseException as err:  # a bug or Ctrl-C: the traceback still shows, the summary says so
+            except KeyboardInterrupt:  # Ctrl-C: a user's stop, not a bug
+                store.update_summary(status="failed", reason="interrupted (Ctrl-C)",
+                                     wall_s=round(time.time() - start, 1))
+                say(f"interrupted: finished tasks are kept in {run_dir / 'journal.db'}; "
+                    "the same command resumes the run", err=True)
+                return 130
+            except BaseException as err:  # a bug: the traceback still shows, the summary says so
                 store.update_summary(status="failed", reason=f"{type(err).__name__}: {err}",
                                      wall_s=round(time.time() - start, 1))
                 say(f"run stopped: {type(err).__name__}: {err}\n{traceback.format_exc()}".rstrip(), echo=False)

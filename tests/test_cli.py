@@ -327,3 +327,28 @@ sys.exit(main(["--site", "local", "--run-dir", {str(run_dir)!r}, "--no-live", {s
     assert p.returncode == 0, p.stderr
     assert "STATUS running" in p.stdout
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_ctrl_c_stops_the_run_with_one_line_and_the_same_command_resumes(tmp_path):
+    """Ctrl-C in the middle of a workflow: exit 130, a message saying how to resume and no traceback,
+    summary.json `failed` with the reason; the same command then finishes the run."""
+    proto = _protocol(tmp_path)
+    run_dir = tmp_path / "run"
+    args = ["--site", "local", "--run-dir", str(run_dir), "--no-live", str(proto)]
+    interrupted = f"""
+import sys
+import reactforge.workflows.batch as batch
+from reactforge.engine.cli import main
+def run(protocol, engine, store, progress):
+    raise KeyboardInterrupt
+batch.run = run
+sys.exit(main({args!r}))
+"""
+    p = subprocess.run([sys.executable, "-c", interrupted], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert p.returncode == 130, p.stderr
+    assert "interrupted" in p.stderr and "the same command resumes" in p.stderr and "Traceback" not in p.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "interrupted" in summary["reason"]
+    p = cli(*args)
+    assert p.returncode == 0, p.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
