@@ -57,12 +57,24 @@ class TransferDopant(Strict):
         return value
 
 
+class TransferEvaluation(Strict):
+    """How the models' NEBs and relaxations run; a field left out is the run's own setting (block 6's NEB,
+    block 5's relaxation). A NEB starts from the reference band, so a model that agrees with the reference
+    needs few steps; one that stops at `neb_max_steps` is reported as not converged."""
+
+    neb_fmax_eV_per_A: float | None = Field(None, gt=0)
+    neb_max_steps: int | None = Field(None, ge=1)
+    relax_fmax_eV_per_A: float | None = Field(None, gt=0)
+    relax_max_steps: int | None = Field(None, ge=1)
+
+
 class TransferProtocol(ProtocolFile):
     workflow: Literal["transfer"]
     name: Identifier = Field(..., description="also the default run directory, runs/<name>")
     run: str = Field(..., description="a finished catalysis run directory (labels, final GAP, validation)")
     mace: MACEModelSpec = Field(MACEModelSpec(), description="the MACE trained on the run's labels; a committee "
                                                              "when committee_size > 1 (its mean is evaluated)")
+    evaluation: TransferEvaluation = TransferEvaluation()
     dopant: TransferDopant | None = Field(None, description="augmentation with a dopant near the site; off if absent")
     max_force_eV_per_A: float = Field(50.0, gt=0, description="doped labels with larger reference forces are "
                                                               "discarded")

@@ -159,9 +159,9 @@ def test_transfer_compares_mace_and_gap_and_the_dopant_never_trains_on_a_failed_
     ok_test = sum(_max_force(a) <= bound for a in test)
     assert len(train) == 4 and len(test) == 2 and 0 < ok_train < 4 and ok_test > 0
 
-    p = _transfer(finished_run, dopant=dopant, max_force_eV_per_A=bound)
+    p = _transfer(finished_run, dopant=dopant, max_force_eV_per_A=bound, evaluation={"neb_max_steps": 60})
     lines = transfer.plan(p)
-    assert any("barriers: hop" in line for line in lines)
+    assert any("barriers: hop" in line and "≤ 60 steps" in line for line in lines)  # the run's: 100
     assert any("Au" in line and "atom 11" in line for line in lines)  # the site atom is the metal replaced
     with pytest.raises(ValueError, match="field 'dopant.element'.*EMT"):
         transfer.plan(_transfer(finished_run, dopant={**dopant, "element": "Zn"}))

@@ -34,7 +34,7 @@ from ase.constraints import FixAtoms
 from ase.geometry import find_mic
 from ase.io import read
 from reactforge.engine.futures import settled
-from reactforge.schemas.tasks import ISOLATED_ATOM, EvaluateSpec, ModelRef, NEBSpec, OptimiseSpec, SinglePointSpec
+from reactforge.schemas.tasks import ISOLATED_ATOM, EvaluateSpec, ModelRef, OptimiseSpec, SinglePointSpec, TrainSpec
 
 from . import adsorption
 from .active_learning import Campaign
@@ -74,6 +74,7 @@ def read_source(protocol) -> Source:
     run_dir = protocol.resolve(protocol.run)
     if not run_dir.is_dir():
         raise ValueError(f"field 'run': no such run directory {run_dir}")
+    run_dir = run_dir.resolve()
     if not (run_dir / "protocol.yaml").is_file():
         raise ValueError(f"field 'run': {run_dir} is not a run directory (no protocol.yaml)")
     if not (run_dir / "labels.db").is_file():
@@ -155,18 +156,25 @@ def plan(protocol) -> list[str]:
 
     source = read_source(protocol)
     system = build_system(source.catalysis)
-    m = protocol.mace
+    m, e = protocol.mace, protocol.evaluation
+    b5, b6 = source.catalysis.parameters.b5_geometry, source.catalysis.parameters.b6_neb
     lines = [(f"run {source.run_dir}: reference {source.catalysis.reference.code}, final GAP "
               f"{Path(source.gap.paths[0]).parent.name}"),
              (f"MACE: {m.committee_size} member(s), {m.hidden_irreps}, r_max {m.r_max_A} Å, {m.num_interactions} "
               f"interactions, ≤ {m.max_num_epochs} epochs, on the labels the final GAP was fitted on"),
              (f"barriers: {', '.join(source.bands)}: climbing-image NEB with MACE and GAP from the reference band "
+              f"(fmax {e.neb_fmax_eV_per_A or b6.mlff_fmax_eV_per_A} eV/Å, ≤ {e.neb_max_steps or b6.max_steps} steps) "
               "and single points on its images, against the validation's reference barrier")]
+    unconverged = [f"{n} ({v.get('steps')} steps)" for n, v in source.validation.items() if v.get("converged") is False]
+    if unconverged:
+        lines.append(f"reference NEBs that stopped at their step budget (their barriers flagged): {', '.join(unconverged)}")
     if source.skipped:
         lines.append(f"not compared (no reference NEB): {', '.join(source.skipped)}")
     names = ends(source)
     lines.append(f"adsorption energies: {', '.join(names)} at the reference minima; each model relaxes them and "
-                 "the site slab; μ the reference's (" + ("the run's" if source.mu else "its gas references") + ")")
+                 f"the site slab (fmax {e.relax_fmax_eV_per_A or b5.mlff_fmax_eV_per_A} eV/Å, ≤ "
+                 f"{e.relax_max_steps or b5.max_steps} steps); μ the reference's ("
+                 + ("the run's" if source.mu else "its gas references relaxed here") + ")")
     lines.append(_check_dopant(protocol, source, system) if protocol.dopant is not None else "dopant: off")
     return lines
 
@@ -302,29 +310,34 @@ class Transfer:
 
     # ------------------------------------------------------------------ models on the reference's structures
     def _relax(self, model: ModelRef, atoms: Atoms):
-        b5 = self.cat.protocol.parameters.b5_geometry
-        spec = OptimiseSpec(model=model, fmax_eV_per_A=b5.mlff_fmax_eV_per_A, max_steps=b5.max_steps,
-                            optimizer=b5.optimizer, fixed_atoms=self.fixed)
+        b5, e = self.cat.protocol.parameters.b5_geometry, self.p.evaluation
+        spec = OptimiseSpec(model=model, fmax_eV_per_A=e.relax_fmax_eV_per_A or b5.mlff_fmax_eV_per_A,
+                            max_steps=e.relax_max_steps or b5.max_steps, optimizer=b5.optimizer, fixed_atoms=self.fixed)
         return self.engine.submit(spec, [plain(atoms)])
 
     def _neb(self, model: ModelRef, band: list[Atoms]):
-        spec: NEBSpec = self.cat._neb_spec(model=model, climb=True, n_images=len(band) - 2)
+        b6, e = self.cat.protocol.parameters.b6_neb, self.p.evaluation
+        spec = self.cat._neb_spec(model=model, climb=True, n_images=len(band) - 2,
+                                  fmax_eV_per_A=e.neb_fmax_eV_per_A or b6.mlff_fmax_eV_per_A,
+                                  max_steps=e.neb_max_steps or b6.max_steps)
         return self.engine.submit(spec, [plain(a) for a in band])
 
-    def submit_models(self, models: dict[str, ModelRef], site_reference) -> dict:
-        """Every model's NEBs, band single points, relaxed minima and single points on the reference minima, all
-        submitted at once: {(model, what, name): future}."""
+    def submit_model(self, key: str, model: ModelRef, site_reference=None, bands: bool = True) -> dict:
+        """A model's NEBs and single points on each reference band (`bands`), and its relaxation of and single
+        points on the reference minima (the site slab's once its reference relaxation is there), all submitted
+        at once: {(model, what, name): future}."""
         futures = {}
-        minima = self.minima(site_reference)
-        for key, model in models.items():
+        if bands:
             for rname, band in self.source.bands.items():
                 futures[(key, "neb", rname)] = self._neb(model, band)
                 futures[(key, "band", rname)] = self.engine.submit(EvaluateSpec(model=model), [plain(a) for a in band])
-            for name, atoms in minima.items():
-                futures[(key, "relax", name)] = self._relax(model, atoms)
-            if minima:
-                futures[(key, "minima", None)] = self.engine.submit(EvaluateSpec(model=model),
-                                                                    [plain(a) for a in minima.values()])
+        minima = self.minima(site_reference)
+        if site_reference is not None:
+            minima = {adsorption.SITE_SLAB: minima[adsorption.SITE_SLAB]}
+        for name, atoms in minima.items():
+            futures[(key, "relax", name)] = self._relax(model, atoms)
+        futures[(key, "minima" if site_reference is None else "site", None)] = self.engine.submit(
+            EvaluateSpec(model=model), [plain(a) for a in minima.values()])
         return futures
 
     def minima(self, site_reference) -> dict[str, Atoms]:
@@ -370,8 +383,11 @@ class Transfer:
             relaxed = {n: settled(futures[(key, "relax", n)]) for n in [*names, adsorption.SITE_SLAB]
                        if (key, "relax", n) in futures}
             energies = {n: r.energy_eV for n, r in relaxed.items() if r is not None}
-            points = settled(futures[(key, "minima", None)]) if (key, "minima", None) in futures else None
-            single = dict(zip(self.minima(site_reference), points.energies_eV)) if points is not None else {}
+            single = {}
+            for what, reference_minima in (("minima", self.minima(None)), ("site", {adsorption.SITE_SLAB: None})):
+                points = settled(futures[(key, what, None)]) if (key, what, None) in futures else None
+                if points is not None:
+                    single.update(zip(reference_minima, points.energies_eV))
             if mu is None:
                 continue
             rows = adsorption.adsorption_rows(adsorbates, energies, reference,
@@ -390,18 +406,14 @@ class Transfer:
     # ------------------------------------------------------------------ the workflow
     def run(self) -> dict:
         d = self.p.dopant
-        if d is not None:  # the dopant's free atom: its E0, so the first MACE can evaluate the element at all
+        # reference work first, in the order it is needed: the dopant's free atom (its E0, so that the first MACE
+        # can evaluate the element at all), the doped frames, then the site slab relaxed on the reference
+        if d is not None:
             from .catalysis_build import isolated_atoms
 
             b0 = self.cat.protocol.parameters.b0_initial
             self.campaign.label(isolated_atoms([d.element], b0.isolated_box_A), block=DOPANT_BLOCK, iteration=0,
                                 reason="isolated atom", config_type=ISOLATED_ATOM)
-        # reference work first, so it runs while the MACE trains: the site slab relaxed on the reference and the
-        # doped frames' labels
-        v = self.cat.protocol.validation
-        site = self.engine.submit(OptimiseSpec(reference=self.reference, fmax_eV_per_A=v.fmax_eV_per_A,
-                                               max_steps=v.endpoint_max_steps, fixed_atoms=self.fixed),
-                                  [plain(self.system.site_slab)])
         dopant = labels = test = test_futures = None
         if d is not None:
             self.progress.set_stage(f"transfer: {d.configurations} frames with {d.element} near the site")
@@ -411,25 +423,45 @@ class Transfer:
             labels = dopant.label(train, block=DOPANT_BLOCK, iteration=1, reason=f"{d.element} near the site",
                                   config_type="dopant")
             test_futures = self.label_held_out(test)
-        mace = self.campaign.retrain(f"{BLOCK}-mace")
+        v = self.cat.protocol.validation
+        site = self.engine.submit(OptimiseSpec(reference=self.reference, fmax_eV_per_A=v.fmax_eV_per_A,
+                                               max_steps=v.endpoint_max_steps, fixed_atoms=self.fixed),
+                                  [plain(self.system.site_slab)])
+        # the fits run side by side (the augmented one once its labels are in); the GAP's NEBs and minima fill
+        # what they leave free
+        self.campaign.wait_labels()
+        self.progress.set_stage(f"transfer: MACE on {len(self.campaign.labelled)} labels, the GAP on the reference's "
+                                "structures")
+        fits = {"mace": self.fit(self.campaign.labelled)}
+        futures = self.submit_model("gap", self.source.gap)
+        if d is not None:
+            dopant.wait_labels()
+            if labels.added:
+                fits["mace_dopant"] = self.fit(self.campaign.labelled | dopant.labelled)
+        mace = self.keep(fits["mace"], f"{BLOCK}-mace")
         n_train = len(self.campaign.labelled)
+        futures.update(self.submit_model("mace", mace))
         mu, mu_source = self.chemical_potentials()
         self.progress.set_stage("transfer: NEBs and minima with MACE and the GAP")
         site_reference = settled(site)
         if site_reference is None:
             self.progress.log(f"transfer: the reference relaxation of the site slab failed: {site.exception()}")
-        models = {"mace": mace, "gap": self.source.gap}
-        futures = self.submit_models(models, site_reference)
+        else:
+            for key, model in (("gap", self.source.gap), ("mace", mace)):
+                futures.update(self.submit_model(key, model, site_reference, bands=False))
         wait(futures.values())
-        barriers = self.barriers(futures, list(models))
-        table, mae = self.adsorption(futures, list(models), site_reference, mu)
+        models = ["mace", "gap"]
+        barriers = self.barriers(futures, models)
+        table, mae = self.adsorption(futures, models, site_reference, mu)
         for row in barriers:
             self.progress.log(f"transfer: {row['reaction']} barrier reference {row['reference_eV']:.3f} eV, MACE "
                               f"{_fmt(row['mace_eV'])}, GAP {_fmt(row['gap_eV'])}")
         if mae:
             self.progress.log(f"transfer: adsorption energy MAE MACE {_fmt(mae.get('mace'), 0)} meV, GAP "
                               f"{_fmt(mae.get('gap'), 0)} meV")
-        dopant_out = self.dopant_scores(mace, labels, dopant, test, test_futures) if d is not None else None
+        dopant_out = (self.dopant_scores(mace, fits.get("mace_dopant"), labels, test, test_futures)
+                      if d is not None else None)
+        self.store.export_dataset()
         self.figure(barriers, table)
         out = {"model": {"mace": mace.model_dump(mode="json"), "gap": self.source.gap.model_dump(mode="json"),
                          "mace_dopant": dopant_out.pop("model", None) if dopant_out else None},
@@ -439,11 +471,23 @@ class Transfer:
                "adsorption": table, "mean_abs_adsorption_error_meV": mae,
                "chemical_potentials_eV": mu, "mu_source": mu_source,
                "site_slab_reference_eV": site_reference.energy_eV if site_reference is not None else None,
-               "energies": ("a model's E_ads: its own energies of the intermediate and the bare site slab, each "
-                            "relaxed with it from the reference minimum (*_at_reference_minimum: on the reference "
-                            "geometries); μ of the gas phase the reference's for both models"),
+               "adsorption_definition": ("E_ads = E(slab + adsorbate) − E(site slab) − Σ n μ. A model's uses its own "
+                                         "energies of the intermediate and the bare site slab, each relaxed with it "
+                                         "from the reference minimum (*_at_reference_minimum: on the reference "
+                                         "geometries); μ of the gas phase are the reference's for both models (a "
+                                         "surface model is not trained on isolated molecules)"),
                "dopant": dopant_out, "figure": f"report/{BLOCK}.png"}
         return {"transfer": out, "model": mace.model_dump(mode="json")}
+
+    def fit(self, labelled: set[str]):
+        """A MACE fit on the labels whose task keys are `labelled`, submitted (a future)."""
+        training = [a for a in self.store.training_set() if a.info["task"] in labelled]
+        return self.engine.submit(TrainSpec(model=self.campaign.model_spec), training)
+
+    def keep(self, future, name: str) -> ModelRef:
+        """A fit's model, its files kept in models/<name>/ (as Campaign.retrain keeps them)."""
+        model = future.result().model
+        return model.model_copy(update={"paths": self.store.keep_model(model.paths, name)})
 
     def chemical_potentials(self):
         """The reference's μ: the run's, else its gas references relaxed here (exploration's way)."""
@@ -452,22 +496,22 @@ class Transfer:
         self.progress.set_stage("transfer: chemical potentials of the gas references")
         return run_chemical_potentials(self.source.run_dir, self.cat)
 
-    def dopant_scores(self, mace: ModelRef, labels, dopant: Campaign, test: list[Atoms], test_futures) -> dict:
-        """The second fit (the run's labels and the doped training frames) and both fits' errors on the held-out
-        doped frames."""
+    def dopant_scores(self, mace: ModelRef, augmented, labels, test: list[Atoms], test_futures) -> dict:
+        """Both fits' errors on the held-out doped frames: the MACE on the run's labels and the one on those and
+        the doped training frames (`augmented`, a fit's future; None when every doped label was discarded)."""
         d = self.p.dopant
-        dopant.wait_labels()
         added = labels.added
         held = self.held_out(test, test_futures)
         out = {"element": d.element, "configurations": labels.calls + len(test), "rattle_A": d.rattle_A,
                "training_labels": added, "training_discarded": labels.failed, "held_out": len(held),
                "held_out_discarded": len(test) - len(held), "held_out_file": f"{BLOCK}/dopant_held_out.xyz",
-               "without": None, "with": None, "model": None}
-        if not added:
+               "without": None, "with": None, "model": None,
+               "fits": ("without: the MACE on the run's labels (it has the dopant's free atom, its E0, and no "
+                        "environment of it); with: the same and the doped training labels")}
+        if augmented is None:
             self.progress.log("transfer: every doped training label was discarded; no augmented fit")
             return out
-        self.campaign.labelled |= dopant.labelled
-        augmented = self.campaign.retrain(f"{BLOCK}-mace-dopant")
+        augmented = self.keep(augmented, f"{BLOCK}-mace-dopant")
         out["model"] = augmented.model_dump(mode="json")
         if held:
             for key, model in (("without", mace), ("with", augmented)):
