@@ -536,7 +536,12 @@ class Transfer:
         for k, (key, label, colour) in enumerate((("reference", "reference", "k"), ("mace", "MACE", "C0"),
                                                   ("gap", "GAP", "C1"))):
             values = [r["reference_eV"] if key == "reference" else r[f"{key}_eV"] for r in barriers]
-            ax.bar(x + (k - 1) * 0.27, [np.nan if v is None else v for v in values], 0.27, label=label, color=colour)
+            bars = ax.bar(x + (k - 1) * 0.27, [np.nan if v is None else v for v in values], 0.27, label=label,
+                          color=colour)
+            if key == "reference":  # a reference NEB that stopped at its step budget: hatched
+                for bar, r in zip(bars, barriers):
+                    if r["reference_converged"] is False:
+                        bar.set(hatch="//", facecolor="white", edgecolor="k")
             if key != "reference":
                 ax.scatter(x + (k - 1) * 0.27, [np.nan if r[f"{key}_singlepoint_eV"] is None else
                                                 r[f"{key}_singlepoint_eV"] for r in barriers],
@@ -544,7 +549,8 @@ class Transfer:
                            label="single points on the reference band" if k == 1 else None)
         ax.set_xticks(x, [r["reaction"] for r in barriers])
         ax.set_ylabel("barrier (eV)")
-        ax.set_title("(a) barriers from the reference band")
+        ax.set_title("(a) barriers from the reference band" + (
+            "\n(hatched: reference NEB not converged)" if any(r["reference_converged"] is False for r in barriers) else ""))
         ax.legend(fontsize=8)
         points = [(n, r) for n, r in table.items() if r.get("reference_eV") is not None]
         for key, label, colour in (("mace", "MACE", "C0"), ("gap", "GAP", "C1")):
