@@ -146,3 +146,23 @@ def tiny_mace_fit(tmp_path_factory):
     data = full[:5] + full[10:16] + full[-1:]
     ctx = TaskContext(workdir=tmp_path_factory.mktemp("tiny_mace"))
     return run(tiny_mace_spec(), data, ctx)
+
+
+def cu_adatom_minima(calc) -> list[Atoms]:
+    """A Cu adatom in the fcc and in the hcp hollow of Cu(111), relaxed with `calc` (bottom layer fixed):
+    two minima one hop apart, for the NMR rates and band tests."""
+    from ase.build import add_adsorbate, fcc111
+    from ase.constraints import FixAtoms
+    from ase.optimize import BFGS
+
+    minima = []
+    for site in ("fcc", "hcp"):
+        slab = fcc111("Cu", size=(2, 2, 3), a=3.61, vacuum=8.0)
+        add_adsorbate(slab, Atoms("Cu"), 2.0, site)
+        slab.set_constraint(FixAtoms(indices=[a.index for a in slab if a.tag == 3]))
+        slab.calc = calc
+        BFGS(slab, logfile=None).run(fmax=0.005, steps=300)
+        slab.calc = None
+        slab.info.pop("adsorbate_info", None)
+        minima.append(slab)
+    return minima

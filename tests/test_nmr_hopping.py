@@ -13,7 +13,7 @@ from ase.cluster import Icosahedron
 from ase.io import read, write
 from pydantic import ValidationError
 
-from conftest import Quiet, tiny_gap_spec
+from conftest import Quiet, cu_adatom_minima, tiny_gap_spec
 from reactforge.engine.engine import Engine, task_key
 from reactforge.engine.store import Store
 from reactforge.schemas.loading import read_yaml, validate
@@ -211,23 +211,11 @@ def test_the_mlff_and_the_shielding_see_the_same_charge():
 def test_a_band_is_checked_against_the_reference_the_model_was_trained_on(tmp_path, tiny_gap_model):
     """Cu adatom fcc ↔ hcp on Cu(111) with the project's tiny GAP (fitted to EMT): with `train:` (reference EMT)
     the band's images get EMT single points and the table says the EMT barrier along the GAP's band."""
-    from ase.build import add_adsorbate, fcc111
     from ase.calculators.emt import EMT
-    from ase.constraints import FixAtoms
-    from ase.optimize import BFGS
 
     from reactforge.tasks.mlff import load_mlff
 
-    calc, minima = load_mlff(tiny_gap_model), []
-    for site in ("fcc", "hcp"):
-        slab = fcc111("Cu", size=(2, 2, 3), a=3.61, vacuum=8.0)
-        add_adsorbate(slab, Atoms("Cu"), 2.0, site)
-        slab.set_constraint(FixAtoms(indices=[a.index for a in slab if a.tag == 3]))
-        slab.calc = calc
-        BFGS(slab, logfile=None).run(fmax=0.005, steps=300)
-        slab.calc = None
-        slab.info.pop("adsorbate_info", None)
-        minima.append(slab)
+    minima = cu_adatom_minima(load_mlff(tiny_gap_model))
     structure = tmp_path / "slab.extxyz"
     write(structure, minima[0])
     p = NMRProtocol.model_validate({

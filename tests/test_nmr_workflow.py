@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import Quiet
+from conftest import Quiet, cu_adatom_minima
 
 from reactforge.schemas.loading import read_yaml, validate
 from reactforge.schemas.nmr import NMRProtocol
@@ -98,25 +98,10 @@ def test_example_protocols_validate():
 def test_rates_stage_neb_and_vineyard_with_the_mlff(tmp_path, tiny_gap_model):
     """Cu adatom fcc ↔ hcp hollow on Cu(111) with the project's tiny GAP: NEB task through the engine,
     ASE vibrations of the adatom at both minima and the saddle, Vineyard rates, reversible K."""
-    from ase import Atoms
-    from ase.build import add_adsorbate, fcc111
-    from ase.constraints import FixAtoms
-    from ase.optimize import BFGS
-
     from reactforge.tasks.mlff import load_mlff
     from reactforge.tasks.nmr import exchange
 
-    calc = load_mlff(tiny_gap_model)
-    minima = []
-    for site in ("fcc", "hcp"):
-        slab = fcc111("Cu", size=(2, 2, 3), a=3.61, vacuum=8.0)
-        add_adsorbate(slab, Atoms("Cu"), 2.0, site)
-        slab.set_constraint(FixAtoms(indices=[a.index for a in slab if a.tag == 3]))
-        slab.calc = calc
-        BFGS(slab, logfile=None).run(fmax=0.005, steps=300)
-        slab.calc = None
-        slab.info.pop("adsorbate_info", None)
-        minima.append(slab)
+    minima = cu_adatom_minima(load_mlff(tiny_gap_model))
     fixed = [a.index for a in minima[0] if a.tag == 3]
     protocol = NMRProtocol.model_validate({
         "workflow": "nmr", "name": "cu-hop", "fixed_atoms": fixed,
