@@ -166,3 +166,16 @@ def cu_adatom_minima(calc) -> list[Atoms]:
         slab.info.pop("adsorbate_info", None)
         minima.append(slab)
     return minima
+
+
+def max_sigmas(model, structures) -> list[float]:
+    """Largest per-atom σ of each structure under `model` (a ModelRef), evaluated afresh."""
+    from reactforge.tasks.mlff import load_mlff
+
+    calc, out = load_mlff(model), []
+    for a in structures:
+        a = a.copy()
+        a.calc = calc
+        a.get_potential_energy()
+        out.append(float(np.max(calc.results["sigma_per_atom"])))
+    return out

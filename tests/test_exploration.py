@@ -11,7 +11,7 @@ import yaml
 from ase import Atoms
 from ase.build import add_adsorbate, fcc111
 from ase.io import read
-from conftest import Quiet, store_labels, tiny_gap_spec
+from conftest import Quiet, max_sigmas, store_labels, tiny_gap_spec
 from reactforge.engine.engine import Engine
 from reactforge.engine.store import Store
 from reactforge.schemas.exploration import ExplorationProtocol
@@ -127,18 +127,6 @@ def _labelled_run(path: Path, model, training_set) -> Path:
     return source
 
 
-def _sigmas(model, structures):
-    from reactforge.tasks.mlff import load_mlff
-
-    calc, out = load_mlff(model), []
-    for a in structures:
-        a = a.copy()
-        a.calc = calc
-        a.get_potential_energy()
-        out.append(float(np.max(calc.results["sigma_per_atom"])))
-    return out
-
-
 def test_a_breaching_search_is_labelled_the_model_refitted_and_the_start_continued(
         tmp_path, tiny_gap_model, emt_cu_training_set):
     source = _labelled_run(tmp_path / "catalysis", tiny_gap_model, emt_cu_training_set)
@@ -177,7 +165,7 @@ def test_a_breaching_search_is_labelled_the_model_refitted_and_the_start_continu
     minima = read(run_dir / "exploration" / "minima.xyz", ":")
     from reactforge.schemas.tasks import ModelRef
 
-    assert [m.info["sigma_eV"] for m in minima] == pytest.approx(_sigmas(ModelRef.model_validate(final), minima),
+    assert [m.info["sigma_eV"] for m in minima] == pytest.approx(max_sigmas(ModelRef.model_validate(final), minima),
                                                                  rel=1e-6)
 
 

@@ -13,7 +13,7 @@ from ase.cluster import Icosahedron
 from ase.io import read, write
 from pydantic import ValidationError
 
-from conftest import Quiet, cu_adatom_minima, tiny_gap_spec
+from conftest import Quiet, cu_adatom_minima, max_sigmas, tiny_gap_spec
 from reactforge.engine.engine import Engine, task_key
 from reactforge.engine.store import Store
 from reactforge.schemas.loading import read_yaml, validate
@@ -49,18 +49,6 @@ def _engine(run_dir: Path) -> Engine:
     return Engine(validate("local", read_yaml(ROOT / "site-configs" / "local.yaml"), SiteConfig), run_dir)
 
 
-def _sigmas(model, structures) -> list[float]:
-    from reactforge.tasks.mlff import load_mlff
-
-    calc, out = load_mlff(model), []
-    for a in structures:
-        a = a.copy()
-        a.calc = calc
-        a.get_potential_energy()
-        out.append(float(np.max(calc.results["sigma_per_atom"])))
-    return out
-
-
 def test_a_breaching_hop_is_labelled_the_model_refitted_and_the_search_continued(tmp_path):
     p = _cu13_protocol(tmp_path)
     assert any("a search above σ_thr 6 meV is labelled with emt" in line for line in nmr.plan(p))
@@ -88,7 +76,7 @@ def test_a_breaching_hop_is_labelled_the_model_refitted_and_the_search_continued
     # the minima kept are the final model's: relaxed again with it, σ read with it
     assert later[-1]["minima_relaxed_again"] >= 1
     assert len(minima) == len(wf.hopping["minima"]) >= 1 and wf.hopping["minima_visited"] >= len(minima)
-    assert [m["sigma_eV"] for m in wf.hopping["minima"]] == pytest.approx(_sigmas(wf.model, minima), rel=1e-6)
+    assert [m["sigma_eV"] for m in wf.hopping["minima"]] == pytest.approx(max_sigmas(wf.model, minima), rel=1e-6)
     start = wf.start()  # ... and turned into the start structure's frame
     assert all(np.allclose(nmr.superposed(m, start).positions, m.positions, atol=1e-6) for m in minima)
 
