@@ -1,6 +1,7 @@
 """Engine: content hashes, journal replay, failure classes and retries, executors."""
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -286,3 +287,19 @@ def test_a_resumed_task_keeps_its_scf_fallback(tmp_path):
         assert engine.reference_calls == 1
     assert result.scf_fallback_used
     assert journal_rows(tmp_path) == [("singlepoint", "done", 2, "scf")]
+
+
+def test_a_worker_task_uses_its_share_of_threads_not_every_core(monkeypatch):
+    import torch
+
+    from reactforge.engine.engine import limit_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    try:
+        torch.set_num_threads(2)
+        limit_threads(1)
+        assert torch.get_num_threads() == 1
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+    finally:
+        torch.set_num_threads(before)
