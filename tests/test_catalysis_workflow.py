@@ -130,7 +130,9 @@ def _short_protocol(tmp_path: Path) -> tuple[Path, dict]:
                                   placements_per_snapshot=2, fps_per_intermediate=1)
     P["b5_geometry"].update(max_iterations=1, max_steps=60)
     # two block-6 iterations (a criterion no rough model meets), the second from the first's bands
-    P["b6_neb"].update(n_images=3, max_iterations=2, max_steps=60, energy_criterion_eV=1e-4, warm_start=True)
+    # (short bands: what is checked is which NEBs run and what is counted, not where the rough model's bands end)
+    P["b6_neb"].update(n_images=3, max_iterations=2, max_steps=20, screen_steps=8, energy_criterion_eV=1e-4,
+                       warm_start=True)
     data["validation"] = {"enabled": True, "fmax_eV_per_A": 0.1, "max_steps": 2, "endpoint_max_steps": 5}
     # the short run's rough bands reach geometries where no damping converges GFN2-xTB's SCF; a smeared
     # fallback (T_el = 0.1 eV / k_B, those calculations only) keeps its reference NEBs running
