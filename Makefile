@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SITE   ?= local-htex
 
-.PHONY: demo test test-all setup system-deps slurm-local browser bench clean-venv quickstart-run free-energy exploration finetune
+.PHONY: demo test test-all setup system-deps slurm-local browser bench clean-venv quickstart-run free-energy exploration finetune transfer
 
 demo: setup
 	$(VENV)/bin/reactforge run --site $(SITE) examples/quickstart.yaml
@@ -23,6 +23,10 @@ free-energy: quickstart-run
 
 exploration: quickstart-run
 	$(VENV)/bin/reactforge run --site $(SITE) examples/quickstart-exploration.yaml
+
+# The quickstart's labels transferred to MACE, beside its GAP, and a Cu dopant added (thesis §3.5).
+transfer: quickstart-run
+	$(VENV)/bin/reactforge run --site $(SITE) examples/quickstart-transfer.yaml
 
 # Fine-tuning a foundation model (thesis ch. 4) on the quickstart's system. No weights are downloaded: the
 # foundation is a stand-in, a small MACE trained here on the quickstart run's GFN2-xTB labels (ZBL pair
