@@ -1,6 +1,6 @@
 """The embedded default end to end: wall time, labels, reference calls and barrier errors.
 
-    python benchmarks/quickstart.py [--seed N | --seeds N ...] [--from-run DIR]
+    python benchmarks/quickstart.py [--seed N | --seeds N ... [--merge]] [--from-run DIR]
         ->  benchmarks/results/quickstart.json (quickstart_seedN.json for N > 0)
             with --seeds also benchmarks/results/quickstart_seeds.json (one row per seed, median wall time)
 
@@ -106,18 +106,26 @@ def main():
     ap.add_argument("--seed", type=int, default=0, help="protocol seed (0: examples/quickstart.yaml as it is)")
     ap.add_argument("--seeds", type=int, nargs="+", help="run these seeds in turn; also writes quickstart_seeds.json")
     ap.add_argument("--from-run", type=Path, help="summarise this finished run instead of running one")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other seeds' rows of quickstart_seeds.json (a series measured in parts)")
     args = ap.parse_args()
     if not args.seeds:
         print(json.dumps(measure(args.seed, args.from_run), indent=2))
         return
+    dest = ROOT / "benchmarks" / "results" / "quickstart_seeds.json"
+    kept = [r for r in json.loads(dest.read_text())["runs"] if r["seed"] not in args.seeds] \
+        if args.merge and dest.exists() else []
     runs = []
     for seed in args.seeds:  # the file is rewritten after each seed: an interrupted series keeps what it measured
         runs.append(seed_row(measure(seed)))
-        out = {"command": "python benchmarks/quickstart.py --seeds " + " ".join(map(str, args.seeds)),
+        rows = sorted(kept + runs, key=lambda r: r["seed"])
+        seeds = " ".join(str(r["seed"]) for r in rows)
+        out = {"command": f"python benchmarks/quickstart.py --seeds {seeds}"
+                          + (f" (in parts; this part: --seeds {' '.join(map(str, args.seeds))} --merge)" if kept else ""),
                "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-               "runs": runs, "median_wall_s": statistics.median(r["wall_s"] for r in runs),
-               "max_wall_s": max(r["wall_s"] for r in runs)}
-        (ROOT / "benchmarks" / "results" / "quickstart_seeds.json").write_text(json.dumps(out, indent=2) + "\n")
+               "runs": rows, "median_wall_s": statistics.median(r["wall_s"] for r in rows),
+               "max_wall_s": max(r["wall_s"] for r in rows)}
+        dest.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 
 
