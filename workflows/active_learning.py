@@ -178,16 +178,23 @@ class Campaign:
         return len(labels)
 
     # ------------------------------------------------------------------ training
+    def training_set(self, labelled: set[str] | None = None) -> list[Atoms]:
+        """The labels whose task keys are in `labelled` (default: the campaign's). The store's order is fixed by
+        content (task key), not by which reference call finished first: a fit's input depends only on what was
+        labelled."""
+        keys = self.labelled if labelled is None else labelled
+        return [a for a in self.store.training_set() if a.info["task"] in keys]
+
+    def keep(self, model: ModelRef, name: str) -> ModelRef:
+        """A fitted model with its files kept in models/<name>/."""
+        return model.model_copy(update={"paths": self.store.keep_model(model.paths, name)})
+
     def retrain(self, name: str) -> ModelRef:
         """Fit the model to everything labelled so far (waits for labels in flight)."""
         self.wait_labels()
-        # the store's order is fixed by content (task key), not by which reference call finished first:
-        # a fit's input depends only on what was labelled
-        training = [a for a in self.store.training_set() if a.info["task"] in self.labelled]
+        training = self.training_set()
         self.progress.set_stage(f"{name}: training on {len(training)} configurations")
-        result = self.engine.run(TrainSpec(model=self.model_spec), training)
-        kept = self.store.keep_model(result.model.paths, name)
-        self.model = result.model.model_copy(update={"paths": kept})
+        self.model = self.keep(self.engine.run(TrainSpec(model=self.model_spec), training).model, name)
         spec = self.model_spec
         self.store.export_dataset(sigmas=(spec.sigma_energy_eV, spec.sigma_force_eV_per_A, spec.sigma_virial_eV)
                                   if spec.model == "gap" else None)

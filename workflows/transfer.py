@@ -151,19 +151,32 @@ def held_out_count(n: int, fraction: float) -> int:
     return min(n - 1, max(1, round(fraction * n)))
 
 
+def neb_settings(protocol, catalysis) -> tuple[float, int]:
+    """The models' NEB fmax and step budget: the transfer protocol's `evaluation`, else the run's block 6."""
+    e, b6 = protocol.evaluation, catalysis.parameters.b6_neb
+    return e.neb_fmax_eV_per_A or b6.mlff_fmax_eV_per_A, e.neb_max_steps or b6.max_steps
+
+
+def relax_settings(protocol, catalysis) -> tuple[float, int]:
+    """The models' relaxation fmax and step budget: the transfer protocol's `evaluation`, else the run's block 5."""
+    e, b5 = protocol.evaluation, catalysis.parameters.b5_geometry
+    return e.relax_fmax_eV_per_A or b5.mlff_fmax_eV_per_A, e.relax_max_steps or b5.max_steps
+
+
 def plan(protocol) -> list[str]:
     from .catalysis_build import build_system
 
     source = read_source(protocol)
     system = build_system(source.catalysis)
-    m, e = protocol.mace, protocol.evaluation
-    b5, b6 = source.catalysis.parameters.b5_geometry, source.catalysis.parameters.b6_neb
+    m = protocol.mace
+    neb_fmax, neb_steps = neb_settings(protocol, source.catalysis)
+    relax_fmax, relax_steps = relax_settings(protocol, source.catalysis)
     lines = [(f"run {source.run_dir}: reference {source.catalysis.reference.code}, final GAP "
               f"{Path(source.gap.paths[0]).parent.name}"),
              (f"MACE: {m.committee_size} member(s), {m.hidden_irreps}, r_max {m.r_max_A} Å, {m.num_interactions} "
               f"interactions, ≤ {m.max_num_epochs} epochs, on the labels the final GAP was fitted on"),
              (f"barriers: {', '.join(source.bands)}: climbing-image NEB with MACE and GAP from the reference band "
-              f"(fmax {e.neb_fmax_eV_per_A or b6.mlff_fmax_eV_per_A} eV/Å, ≤ {e.neb_max_steps or b6.max_steps} steps) "
+              f"(fmax {neb_fmax} eV/Å, ≤ {neb_steps} steps) "
               "and single points on its images, against the validation's reference barrier")]
     unconverged = [f"{n} ({v.get('steps')} steps)" for n, v in source.validation.items() if v.get("converged") is False]
     if unconverged:
@@ -172,8 +185,7 @@ def plan(protocol) -> list[str]:
         lines.append(f"not compared (no reference NEB): {', '.join(source.skipped)}")
     names = ends(source)
     lines.append(f"adsorption energies: {', '.join(names)} at the reference minima; each model relaxes them and "
-                 f"the site slab (fmax {e.relax_fmax_eV_per_A or b5.mlff_fmax_eV_per_A} eV/Å, ≤ "
-                 f"{e.relax_max_steps or b5.max_steps} steps); μ the reference's ("
+                 f"the site slab (fmax {relax_fmax} eV/Å, ≤ {relax_steps} steps); μ the reference's ("
                  + ("the run's" if source.mu else "its gas references relaxed here") + ")")
     lines.append(_check_dopant(protocol, source, system) if protocol.dopant is not None else "dopant: off")
     return lines
@@ -310,16 +322,15 @@ class Transfer:
 
     # ------------------------------------------------------------------ models on the reference's structures
     def _relax(self, model: ModelRef, atoms: Atoms):
-        b5, e = self.cat.protocol.parameters.b5_geometry, self.p.evaluation
-        spec = OptimiseSpec(model=model, fmax_eV_per_A=e.relax_fmax_eV_per_A or b5.mlff_fmax_eV_per_A,
-                            max_steps=e.relax_max_steps or b5.max_steps, optimizer=b5.optimizer, fixed_atoms=self.fixed)
+        fmax, steps = relax_settings(self.p, self.cat.protocol)
+        spec = OptimiseSpec(model=model, fmax_eV_per_A=fmax, max_steps=steps,
+                            optimizer=self.cat.protocol.parameters.b5_geometry.optimizer, fixed_atoms=self.fixed)
         return self.engine.submit(spec, [plain(atoms)])
 
     def _neb(self, model: ModelRef, band: list[Atoms]):
-        b6, e = self.cat.protocol.parameters.b6_neb, self.p.evaluation
-        spec = self.cat._neb_spec(model=model, climb=True, n_images=len(band) - 2,
-                                  fmax_eV_per_A=e.neb_fmax_eV_per_A or b6.mlff_fmax_eV_per_A,
-                                  max_steps=e.neb_max_steps or b6.max_steps)
+        fmax, steps = neb_settings(self.p, self.cat.protocol)
+        spec = self.cat._neb_spec(model=model, climb=True, n_images=len(band) - 2, fmax_eV_per_A=fmax,
+                                  max_steps=steps)
         return self.engine.submit(spec, [plain(a) for a in band])
 
     def submit_model(self, key: str, model: ModelRef, site_reference=None, bands: bool = True) -> dict:
@@ -481,13 +492,11 @@ class Transfer:
 
     def fit(self, labelled: set[str]):
         """A MACE fit on the labels whose task keys are `labelled`, submitted (a future)."""
-        training = [a for a in self.store.training_set() if a.info["task"] in labelled]
-        return self.engine.submit(TrainSpec(model=self.campaign.model_spec), training)
+        return self.engine.submit(TrainSpec(model=self.campaign.model_spec), self.campaign.training_set(labelled))
 
     def keep(self, future, name: str) -> ModelRef:
-        """A fit's model, its files kept in models/<name>/ (as Campaign.retrain keeps them)."""
-        model = future.result().model
-        return model.model_copy(update={"paths": self.store.keep_model(model.paths, name)})
+        """A fit's model, its files kept in models/<name>/."""
+        return self.campaign.keep(future.result().model, name)
 
     def chemical_potentials(self):
         """The reference's μ: the run's, else its gas references relaxed here (exploration's way)."""
