@@ -170,6 +170,66 @@ def test_pole_expansion_differentiates_twice():
     assert torch.isclose(gg, fd, rtol=1e-5)
 
 
+@pytest.mark.parametrize("degenerate", [False, True])
+def test_spectral_path_matches_lu_values_and_gradients(degenerate):
+    """The eigendecomposition path (Daleckii–Krein backward with resolvent divided differences) gives
+    the LU path's f(H) and the same gradients with respect to H, poles and weights, also where H has
+    degenerate eigenvalues (two identical chains: every level twice), where eigenvector derivatives
+    are undefined."""
+    from reactforge.models.mfn.matrix import PoleExpansion
+
+    torch.manual_seed(4)
+    c, S, n = 3, 4, 6
+    pe = PoleExpansion(c, S, im_init=(0.1, 1.0))
+    A = torch.randn(2, c, n, n)
+    H = A + A.transpose(-1, -2)
+    if degenerate:
+        chain = torch.diag(torch.ones(2), 1) + torch.diag(torch.ones(2), -1)
+        H[1] = torch.block_diag(chain, chain)
+        assert torch.linalg.eigvalsh(H[1, 0]).diff().abs().min() < 1e-12
+    H.requires_grad_(True)
+    G = torch.randn(2, c, n, n)  # a generic, non-symmetric upstream gradient
+    results = []
+    for twice in (True, False):
+        pe.zero_grad()
+        H.grad = None
+        F = pe(H, twice_differentiable=twice)
+        (F * G).sum().backward()
+        results.append((F.detach(), H.grad.clone(), [p.grad.clone() for p in pe.parameters()]))
+    (F_lu, dH_lu, dp_lu), (F_sp, dH_sp, dp_sp) = results
+    assert torch.allclose(F_sp, F_lu, atol=1e-12)
+    assert torch.allclose(dH_sp, dH_lu, atol=1e-11) and dH_lu.abs().max() > 0.1
+    for a, b in zip(dp_lu, dp_sp):
+        assert torch.allclose(b, a, atol=1e-11) and a.abs().max() > 1e-3
+
+
+def test_model_takes_the_lu_path_only_for_forces_in_a_loss(models_by_l, monkeypatch):
+    """Inference forces (first derivatives) from the spectral path equal the LU path's; the LU path
+    runs only when forces enter a training loss (their gradient needs f(H)'s second derivatives)."""
+    from reactforge.models.mfn import matrix as M
+
+    model, atoms = models_by_l[1], molecule(5, 20.0)
+    calls = []
+    spectral = M.SpectralResolventFunction.apply
+
+    def counted(*args):
+        calls.append(1)
+        return spectral(*args)
+
+    monkeypatch.setattr(M.SpectralResolventFunction, "apply", counted)
+    e_sp, f_sp = energy_forces(model, atoms)
+    assert len(calls) == model.cfg.num_layers
+    model(batch_of([atoms.copy()]), training=True, compute_force=False)  # energy-only training step
+    assert len(calls) == 2 * model.cfg.num_layers
+    model(batch_of([atoms.copy()]), training=True, compute_force=True)  # forces in the loss
+    assert len(calls) == 2 * model.cfg.num_layers
+
+    monkeypatch.setattr(M.PoleExpansion, "forward", lambda self, H, twice_differentiable=True: M.resolvent_function(H, self.poles(), self.weights()))
+    e_lu, f_lu = energy_forces(model, atoms)
+    assert torch.isclose(e_sp, e_lu, atol=1e-10)
+    assert torch.allclose(f_sp, f_lu, atol=1e-9) and f_lu.abs().max() > 1e-3
+
+
 def _decay_rate(im: float, n: int = 60) -> float:
     """Slope of −log |(zI − L)^-1|_{i,i+d} against graph distance d on a path-graph Laplacian (Fig. 6.6)."""
     L = 2 * torch.eye(n) - torch.diag(torch.ones(n - 1), 1) - torch.diag(torch.ones(n - 1), -1)

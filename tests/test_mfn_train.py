@@ -50,8 +50,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_training_reduces_energy_force_loss(labelled, float64):
-    spec = MFNModelSpec(**TINY, max_num_epochs=12)
+@pytest.mark.parametrize("forces_weight", [1.0, 0.0])
+def test_training_reduces_energy_force_loss(labelled, float64, forces_weight):
+    """With forces in the loss (LU path, double backward) and energy-only (spectral path)."""
+    spec = MFNModelSpec(**{**TINY, "forces_weight": forces_weight}, max_num_epochs=12)
     z = AtomicNumberTable([1, 6])
     graphs = mfn_data.graphs(labelled, z, spec.r_max_A)
     e0s, scale = data_statistics(labelled, [1, 6])

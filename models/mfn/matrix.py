@@ -197,9 +197,17 @@ class PoleExpansion(torch.nn.Module):
     def weights(self) -> torch.Tensor:
         return torch.complex(self.w_re, self.w_im)
 
-    def forward(self, H: torch.Tensor) -> torch.Tensor:
-        """H [B, c, n, n] real symmetric -> f(H) [B, c, n, n] real."""
-        return resolvent_function(H, self.poles(), self.weights())
+    def forward(self, H: torch.Tensor, twice_differentiable: bool = True) -> torch.Tensor:
+        """H [B, c, n, n] real symmetric -> f(H) [B, c, n, n] real.
+
+        twice_differentiable=False (energy-only training, inference with forces) takes the spectral
+        path: one eigendecomposition per graph and channel instead of n_poles complex LU solves, ~an
+        order of magnitude cheaper; training on forces needs the LU path's second derivatives.
+        """
+        if twice_differentiable:
+            return resolvent_function(H, self.poles(), self.weights())
+        im = self.im_min + torch.nn.functional.softplus(self.pole_im_raw)
+        return SpectralResolventFunction.apply(H, self.pole_re, im, self.w_re, self.w_im)
 
 
 def resolvent_function(H: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -210,3 +218,55 @@ def resolvent_function(H: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> tor
     A = z.to(ctype)[..., None, None] * eye - H.to(ctype).unsqueeze(-3)  # [..., c, S, n, n]
     R = torch.linalg.solve(A, eye.expand_as(A))
     return 2.0 * torch.einsum("cs,...csij->...cij", w.to(ctype), R).real
+
+
+def _resolvents(lam: torch.Tensor, z_re, z_im) -> torch.Tensor:
+    """a[..., k, s] = 1 / (z_s − λ_k) for eigenvalues λ [..., c, n] and poles [c, S]."""
+    ctype = torch.complex128 if lam.dtype == torch.float64 else torch.complex64
+    z = torch.complex(z_re, z_im).to(ctype)
+    return 1.0 / (z[:, None, :] - lam[..., None].to(ctype))
+
+
+class SpectralResolventFunction(torch.autograd.Function):
+    """Σ_s 2 Re[w_s (z_s I − H)^-1] through H = U diag(λ) Uᵀ: f(H) = U diag(f(λ)) Uᵀ.
+
+    Backward by the Daleckii–Krein formula, dF = U [(Uᵀ dH U) ∘ Γ] Uᵀ, whose divided differences are,
+    for a resolvent, exactly Γ_ij = Σ_s 2 Re[w_s / ((z_s − λ_i)(z_s − λ_j))]: finite and free of
+    cancellation at degenerate eigenvalues (a chain's p_x/p_y pairs), so the eigenvectors' own
+    derivative, unstable there (thesis §6.4), is never formed. The backward itself is not differentiable
+    again (no forces in the training loss on this path).
+    """
+
+    @staticmethod
+    def forward(ctx, H, z_re, z_im, w_re, w_im):
+        lam, U = torch.linalg.eigh(H)
+        a = _resolvents(lam, z_re, z_im)
+        w = torch.complex(w_re, w_im).to(a.dtype)
+        f = 2.0 * (a * w[:, None, :]).sum(-1).real  # [..., c, n]
+        ctx.save_for_backward(lam, U, z_re, z_im, w_re, w_im)
+        return (U * f[..., None, :]) @ U.transpose(-1, -2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, G):
+        lam, U, z_re, z_im, w_re, w_im = ctx.saved_tensors
+        Ut = U.transpose(-1, -2)
+        Gt = Ut @ G @ U
+        grad_H = grad_zr = grad_zi = grad_wr = grad_wi = None
+        a = _resolvents(lam, z_re, z_im)
+        if ctx.needs_input_grad[0]:
+            w = torch.complex(w_re, w_im).to(a.dtype)
+            gamma = 2.0 * ((a * w[:, None, :]) @ a.transpose(-1, -2)).real
+            grad_H = U @ (Gt * gamma) @ Ut
+        if any(ctx.needs_input_grad[1:]):
+            g = torch.diagonal(Gt, dim1=-2, dim2=-1)  # dL/df(λ_k)
+            # f_k = Σ_s 2 Re[w_s a_ks], ∂a/∂z = −a²: sum g_k times each partial over graphs and levels
+            lead = tuple(range(a.dim() - 3))
+            ga = (g[..., None].to(a.dtype) * a).sum(dim=(*lead, -2))  # Σ g_k a_ks  [c, S]
+            ga2 = (g[..., None].to(a.dtype) * a * a).sum(dim=(*lead, -2))  # Σ g_k a_ks²
+            w = torch.complex(w_re, w_im).to(a.dtype)
+            grad_wr = 2.0 * ga.real
+            grad_wi = -2.0 * ga.imag
+            grad_zr = -2.0 * (w * ga2).real
+            grad_zi = 2.0 * (w * ga2).imag
+        return grad_H, grad_zr, grad_zi, grad_wr, grad_wi

@@ -86,6 +86,13 @@ def fit(
     optimiser = torch.optim.Adam(model.parameters(), lr=lr, amsgrad=True)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.8, patience=patience)
     best, best_state, history = float("inf"), copy.deepcopy(model.state_dict()), []
+    # an energy-only loss needs no forces: one backward pass instead of a double one
+    with_forces = forces_weight > 0
+
+    def predict(batch, training):
+        out = model(batch.to_dict(), training=training, compute_force=with_forces)
+        return out if with_forces else {**out, "forces": batch.forces}  # zero force residual, weight 0
+
     start = time.time()
     for epoch in range(epochs):
         if schedule == "cosine":
@@ -97,8 +104,7 @@ def fit(
         for batch in train_loader:
             batch = batch.to(device)
             optimiser.zero_grad(set_to_none=True)
-            out = model(batch.to_dict(), training=True, compute_force=True)
-            loss = loss_fn(batch, out)
+            loss = loss_fn(batch, predict(batch, True))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             optimiser.step()
@@ -111,8 +117,7 @@ def fit(
             vl, count = 0.0, 0
             for batch in valid_loader:
                 batch = batch.to(device)
-                out = model(batch.to_dict(), training=False, compute_force=True)
-                vl += float(loss_fn(batch, out).detach()) * batch.num_graphs
+                vl += float(loss_fn(batch, predict(batch, False)).detach()) * batch.num_graphs
                 count += batch.num_graphs
             record["valid_loss"] = vl / count
             if schedule == "plateau":
