@@ -171,9 +171,9 @@ def test_pole_expansion_differentiates_twice():
 
 
 @pytest.mark.parametrize("degenerate", [False, True])
-def test_spectral_path_matches_lu_values_and_gradients(degenerate):
-    """The eigendecomposition path (Daleckii–Krein backward with resolvent divided differences) gives
-    the LU path's f(H) and the same gradients with respect to H, poles and weights, also where H has
+def test_spectral_path_matches_lu_to_second_derivatives(degenerate):
+    """The eigendecomposition path gives the LU path's f(H) and the same first and second derivatives
+    (what training on forces differentiates) with respect to H, poles and weights, also where H has
     degenerate eigenvalues (two identical chains: every level twice), where eigenvector derivatives
     are undefined."""
     from reactforge.models.mfn.matrix import PoleExpansion
@@ -188,46 +188,43 @@ def test_spectral_path_matches_lu_values_and_gradients(degenerate):
         H[1] = torch.block_diag(chain, chain)
         assert torch.linalg.eigvalsh(H[1, 0]).diff().abs().min() < 1e-12
     H.requires_grad_(True)
-    G = torch.randn(2, c, n, n)  # a generic, non-symmetric upstream gradient
+    G, Y = torch.randn(2, c, n, n), torch.randn(2, c, n, n)  # generic, non-symmetric upstream gradients
+    params = list(pe.parameters())
     results = []
-    for twice in (True, False):
-        pe.zero_grad()
-        H.grad = None
-        F = pe(H, twice_differentiable=twice)
-        (F * G).sum().backward()
-        results.append((F.detach(), H.grad.clone(), [p.grad.clone() for p in pe.parameters()]))
-    (F_lu, dH_lu, dp_lu), (F_sp, dH_sp, dp_sp) = results
-    assert torch.allclose(F_sp, F_lu, atol=1e-12)
-    assert torch.allclose(dH_sp, dH_lu, atol=1e-11) and dH_lu.abs().max() > 0.1
-    for a, b in zip(dp_lu, dp_sp):
-        assert torch.allclose(b, a, atol=1e-11) and a.abs().max() > 1e-3
+    for f in (lambda X: resolvent_function(X, pe.poles(), pe.weights()), pe):
+        F = f(H)
+        (dH,) = torch.autograd.grad((F * G).sum(), H, create_graph=True)  # like forces = −∂E/∂x
+        second = torch.autograd.grad((dH * Y).sum(), [H, *params])  # like ∂(force loss)/∂(H, θ)
+        first = torch.autograd.grad((f(H) * G).sum(), params)
+        results.append([F.detach(), dH.detach(), *second, *first])
+    lu, spectral = results
+    for k, (a, b) in enumerate(zip(lu, spectral)):
+        assert torch.allclose(b, a, atol=1e-10, rtol=1e-9), (k, (a - b).abs().max())
+        assert a.abs().max() > 1e-3, k
 
 
-def test_model_takes_the_lu_path_only_for_forces_in_a_loss(models_by_l, monkeypatch):
-    """Inference forces (first derivatives) from the spectral path equal the LU path's; the LU path
-    runs only when forces enter a training loss (their gradient needs f(H)'s second derivatives)."""
+def test_model_energy_forces_and_force_loss_gradient_match_lu_path(models_by_l, monkeypatch):
+    """A whole MFN: energy, forces and the parameter gradient of a force loss are the same with the
+    spectral and the LU matrix function."""
     from reactforge.models.mfn import matrix as M
 
     model, atoms = models_by_l[1], molecule(5, 20.0)
-    calls = []
-    spectral = M.SpectralResolventFunction.apply
 
-    def counted(*args):
-        calls.append(1)
-        return spectral(*args)
+    def outputs():
+        model.zero_grad()
+        out = model(batch_of([atoms.copy()]), training=True, compute_force=True)
+        (out["forces"].pow(2).sum() + out["energy"].sum()).backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        return out["energy"].detach(), out["forces"].detach(), grads
 
-    monkeypatch.setattr(M.SpectralResolventFunction, "apply", counted)
-    e_sp, f_sp = energy_forces(model, atoms)
-    assert len(calls) == model.cfg.num_layers
-    model(batch_of([atoms.copy()]), training=True, compute_force=False)  # energy-only training step
-    assert len(calls) == 2 * model.cfg.num_layers
-    model(batch_of([atoms.copy()]), training=True, compute_force=True)  # forces in the loss
-    assert len(calls) == 2 * model.cfg.num_layers
-
-    monkeypatch.setattr(M.PoleExpansion, "forward", lambda self, H, twice_differentiable=True: M.resolvent_function(H, self.poles(), self.weights()))
-    e_lu, f_lu = energy_forces(model, atoms)
-    assert torch.isclose(e_sp, e_lu, atol=1e-10)
-    assert torch.allclose(f_sp, f_lu, atol=1e-9) and f_lu.abs().max() > 1e-3
+    spectral = outputs()
+    monkeypatch.setattr(M.PoleExpansion, "forward", lambda self, H: M.resolvent_function(H, self.poles(), self.weights()))
+    lu = outputs()
+    assert torch.allclose(spectral[0], lu[0], atol=1e-10)
+    assert torch.allclose(spectral[1], lu[1], atol=1e-9) and lu[1].abs().max() > 1e-3
+    assert len(spectral[2]) == len(lu[2])
+    for a, b in zip(lu[2], spectral[2]):
+        assert torch.allclose(b, a, atol=1e-8, rtol=1e-7), (a - b).abs().max()
 
 
 def _decay_rate(im: float, n: int = 60) -> float:

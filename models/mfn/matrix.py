@@ -197,15 +197,13 @@ class PoleExpansion(torch.nn.Module):
     def weights(self) -> torch.Tensor:
         return torch.complex(self.w_re, self.w_im)
 
-    def forward(self, H: torch.Tensor, twice_differentiable: bool = True) -> torch.Tensor:
+    def forward(self, H: torch.Tensor) -> torch.Tensor:
         """H [B, c, n, n] real symmetric -> f(H) [B, c, n, n] real.
 
-        twice_differentiable=False (energy-only training, inference with forces) takes the spectral
-        path: one eigendecomposition per graph and channel instead of n_poles complex LU solves, ~an
-        order of magnitude cheaper; training on forces needs the LU path's second derivatives.
+        One eigendecomposition per graph and channel (`SpectralResolventFunction`) instead of n_poles
+        complex LU solves (`resolvent_function`, the reference it is tested against): ~an order of
+        magnitude cheaper, forward and backward, with the same values and first and second derivatives.
         """
-        if twice_differentiable:
-            return resolvent_function(H, self.poles(), self.weights())
         im = self.im_min + torch.nn.functional.softplus(self.pole_im_raw)
         return SpectralResolventFunction.apply(H, self.pole_re, im, self.w_re, self.w_im)
 
@@ -233,8 +231,9 @@ class SpectralResolventFunction(torch.autograd.Function):
     Backward by the Daleckii–Krein formula, dF = U [(Uᵀ dH U) ∘ Γ] Uᵀ, whose divided differences are,
     for a resolvent, exactly Γ_ij = Σ_s 2 Re[w_s / ((z_s − λ_i)(z_s − λ_j))]: finite and free of
     cancellation at degenerate eigenvalues (a chain's p_x/p_y pairs), so the eigenvectors' own
-    derivative, unstable there (thesis §6.4), is never formed. The backward itself is not differentiable
-    again (no forces in the training loss on this path).
+    derivative, unstable there (thesis §6.4), is never formed. That backward is itself differentiable
+    with respect to H, its upstream gradient, the poles and the weights (`_ResolventAdjoint`), which is
+    what training on forces needs; the pole and weight gradients of this first backward are not.
     """
 
     @staticmethod
@@ -243,30 +242,71 @@ class SpectralResolventFunction(torch.autograd.Function):
         a = _resolvents(lam, z_re, z_im)
         w = torch.complex(w_re, w_im).to(a.dtype)
         f = 2.0 * (a * w[:, None, :]).sum(-1).real  # [..., c, n]
-        ctx.save_for_backward(lam, U, z_re, z_im, w_re, w_im)
+        ctx.save_for_backward(H, lam, U, z_re, z_im, w_re, w_im)
         return (U * f[..., None, :]) @ U.transpose(-1, -2)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, G):
-        lam, U, z_re, z_im, w_re, w_im = ctx.saved_tensors
-        Ut = U.transpose(-1, -2)
-        Gt = Ut @ G @ U
+        H, lam, U, z_re, z_im, w_re, w_im = ctx.saved_tensors
         grad_H = grad_zr = grad_zi = grad_wr = grad_wi = None
-        a = _resolvents(lam, z_re, z_im)
         if ctx.needs_input_grad[0]:
-            w = torch.complex(w_re, w_im).to(a.dtype)
-            gamma = 2.0 * ((a * w[:, None, :]) @ a.transpose(-1, -2)).real
-            grad_H = U @ (Gt * gamma) @ Ut
+            grad_H = _ResolventAdjoint.apply(H, G, z_re, z_im, w_re, w_im, lam, U)
         if any(ctx.needs_input_grad[1:]):
-            g = torch.diagonal(Gt, dim1=-2, dim2=-1)  # dL/df(λ_k)
-            # f_k = Σ_s 2 Re[w_s a_ks], ∂a/∂z = −a²: sum g_k times each partial over graphs and levels
-            lead = tuple(range(a.dim() - 3))
-            ga = (g[..., None].to(a.dtype) * a).sum(dim=(*lead, -2))  # Σ g_k a_ks  [c, S]
-            ga2 = (g[..., None].to(a.dtype) * a * a).sum(dim=(*lead, -2))  # Σ g_k a_ks²
-            w = torch.complex(w_re, w_im).to(a.dtype)
-            grad_wr = 2.0 * ga.real
-            grad_wi = -2.0 * ga.imag
-            grad_zr = -2.0 * (w * ga2).real
-            grad_zi = 2.0 * (w * ga2).imag
+            with torch.no_grad():
+                a = _resolvents(lam, z_re, z_im)
+                g = torch.diagonal(U.transpose(-1, -2) @ G @ U, dim1=-2, dim2=-1)  # dL/df(λ_k)
+                # f_k = Σ_s 2 Re[w_s a_ks], ∂a/∂z = −a²: sum g_k times each partial over graphs and levels
+                lead = tuple(range(a.dim() - 3))
+                ga = (g[..., None].to(a.dtype) * a).sum(dim=(*lead, -2))  # Σ g_k a_ks  [c, S]
+                ga2 = (g[..., None].to(a.dtype) * a * a).sum(dim=(*lead, -2))  # Σ g_k a_ks²
+                w = torch.complex(w_re, w_im).to(a.dtype)
+                grad_wr, grad_wi = 2.0 * ga.real, -2.0 * ga.imag
+                grad_zr, grad_zi = -2.0 * (w * ga2).real, 2.0 * (w * ga2).imag
         return grad_H, grad_zr, grad_zi, grad_wr, grad_wi
+
+
+class _ResolventAdjoint(torch.autograd.Function):
+    """B(H, G) = Σ_s 2 Re[w_s R_s G R_s] = U [(Uᵀ G U) ∘ Γ] Uᵀ, the gradient of <G, f(H)> with respect to H
+    (R_s = (z_s I − H)^-1, symmetric). Its own derivatives, in the eigenbasis (Ỹ = Uᵀ Y U, G̃ = Uᵀ G U,
+    a_s = diag R_s there), taking B as Σ_s 2 Re[w_s R_sᵀ G R_sᵀ] for a general H, as the LU path does
+    (the two agree on symmetric perturbations, the only ones the model makes):
+      ∂/∂G:  B(H, Y);
+      ∂/∂H:  U (Σ_s 2 Re[w_s a_s ∘ (Ỹ diag(a_s) G̃ᵀ + G̃ᵀ diag(a_s) Ỹ) ∘ a_sᵀ])ᵀ Uᵀ, from dR = R dH R;
+      ∂/∂w, ∂/∂z through Γ_ij = Σ_s 2 Re[w_s a_is a_js] with ∂a/∂z = −a².
+    One level of differentiation is all that forces in a loss need."""
+
+    @staticmethod
+    def forward(ctx, H, G, z_re, z_im, w_re, w_im, lam, U):
+        a = _resolvents(lam, z_re, z_im)
+        w = torch.complex(w_re, w_im).to(a.dtype)
+        gamma = 2.0 * ((a * w[:, None, :]) @ a.transpose(-1, -2)).real
+        Gt = U.transpose(-1, -2) @ G @ U
+        ctx.save_for_backward(G, z_re, z_im, w_re, w_im, lam, U, gamma, Gt)
+        return U @ (Gt * gamma) @ U.transpose(-1, -2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, Y):
+        G, z_re, z_im, w_re, w_im, lam, U, gamma, Gt = ctx.saved_tensors
+        Ut = U.transpose(-1, -2)
+        Yt = Ut @ Y @ U
+        a = _resolvents(lam, z_re, z_im)  # [..., c, n, S]
+        w = torch.complex(w_re, w_im).to(a.dtype)
+        grad_H = grad_G = grad_zr = grad_zi = grad_wr = grad_wi = None
+        if ctx.needs_input_grad[1]:
+            grad_G = U @ (Yt * gamma) @ Ut
+        if ctx.needs_input_grad[0]:
+            aT = a.transpose(-1, -2)  # [..., c, S, n]
+            Yc, GtT = Yt.to(a.dtype).unsqueeze(-3), Gt.transpose(-1, -2).to(a.dtype).unsqueeze(-3)
+            inner = (Yc * aT[..., None, :]) @ GtT + (GtT * aT[..., None, :]) @ Yc  # [..., c, S, n, n]
+            inner = inner * aT[..., :, None] * aT[..., None, :] * w[..., None, None]
+            grad_H = U @ (2.0 * inner.sum(-3).real).transpose(-1, -2) @ Ut
+        if any(ctx.needs_input_grad[2:6]):
+            P = (Yt * Gt).to(a.dtype)  # Σ_ij P_ij ∂Γ_ij
+            lead = tuple(range(a.dim() - 3))
+            aPa = (a * (P @ a)).sum(-2).sum(dim=lead)  # a_sᵀ P a_s  [c, S]
+            q = ((a * a) * (P @ a)).sum(-2) + (a * (P @ (a * a))).sum(-2)
+            q = q.sum(dim=lead)  # Σ_ij P_ij a_i a_j (a_i + a_j)
+            grad_wr, grad_wi = 2.0 * aPa.real, -2.0 * aPa.imag
+            grad_zr, grad_zi = -2.0 * (w * q).real, 2.0 * (w * q).imag
+        return grad_H, grad_G, grad_zr, grad_zi, grad_wr, grad_wi, None, None

@@ -148,9 +148,9 @@ class MatrixFunctionLayer(torch.nn.Module):
         H, mask = dense_blocks(off, edge_index, on, batch, ptr)
         return self.norm(H, mask), mask
 
-    def forward(self, V, node_attrs, edge_feats, edge_vectors, edge_index, batch, ptr, twice_differentiable=True):
+    def forward(self, V, node_attrs, edge_feats, edge_vectors, edge_index, batch, ptr):
         H, _ = self.matrix(V, node_attrs, edge_feats, edge_vectors, edge_index, batch, ptr)
-        fH = self.function(H, twice_differentiable)  # [B, c, n·M, n·M]
+        fH = self.function(H)  # [B, c, n·M, n·M]
         B, c, nM, _ = fH.shape
         M = self.basis.M
         n_max = nM // M
@@ -247,8 +247,7 @@ class MFN(torch.nn.Module):
                 cutoff=cutoff,
             )
             V = product(node_feats=m, sc=sc, node_attrs=node_attrs)
-            # forces in a training loss need f(H)'s second derivatives: the LU path; else the spectral one
-            h = matrix_layer(V, node_attrs, edge_feats, vectors, edge_index, batch, ptr, compute_force and training)
+            h = matrix_layer(V, node_attrs, edge_feats, vectors, edge_index, batch, ptr)
             node_energy = node_energy + self.scale_shift(readout(h).squeeze(-1), torch.zeros_like(batch))
         energy = scatter_sum(node_energy, batch, dim=0, dim_size=n_graphs)
         out = {"energy": energy, "node_energy": node_energy, "forces": None}
