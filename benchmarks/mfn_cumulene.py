@@ -2,13 +2,15 @@
 
 Trains a local MACE (2 layers, r_max 3 Å) and MFN(MACE) with L = 0 and L = 1 matrices (2 layers,
 16 poles, 16 matrix channels) on identical graphs of the guaranteed non-local (GNL) splits, with the
-same loss and optimiser, for the same wall-clock budget each. Writes
+same loss and optimiser, for the thesis's epochs (Table 6.2) or, on a CPU, the largest equal fraction of
+them that fits a wall-clock budget (the JSON's "budget" and each model's "budget" say which). Writes
 
   benchmarks/results/mfn_cumulene.json   rmse[model][split], angle_scan_r2[model], scaling, settings
   benchmarks/results/mfn_cumulene_scans.png, mfn_cumulene_scaling.png
 
-    python benchmarks/mfn_cumulene.py                       # settings 'full', all models in parallel
-    python benchmarks/mfn_cumulene.py --settings tiny       # seconds, a smoke test of the pipeline
+    python benchmarks/mfn_cumulene.py                   # 'full': Table 6.2's epochs on a GPU, models side by side
+    python benchmarks/mfn_cumulene.py --settings cpu    # the epochs that fit 60 min per model on a CPU
+    python benchmarks/mfn_cumulene.py --settings tiny   # seconds, a smoke test of the pipeline
 
 The labelled structures come from benchmarks/results/cumulene_{gnl,scans}.xyz (made with tblite by
 `--make-data`, models/mfn/cumulene.py), so a machine without tblite can run the training.
@@ -40,18 +42,23 @@ SCAN_FILE = RESULTS / "cumulene_scans.xyz"
 MODELS = ("mace", "mfn_l0", "mfn_l1")
 SPLITS = ("train", "in_domain", "out_11_12", "out_15_16")
 
+# Table 6.2's epochs: GNL training (MFN L=0 is not listed; it gets L=1's) and the angle-scan transfer
+THESIS_EPOCHS = {
+    "gnl": {"mace": 1260, "mfn_l0": 4958, "mfn_l1": 4958},
+    "angle": {"mace": 954, "mfn_l0": 1240, "mfn_l1": 656},
+}
+
 _FULL = dict(
     channels=64, max_ell=3, correlation=3, matrix_channels=16, n_poles=16, batch_size=5,
-    lr=1e-2, energy_weight=100.0, forces_weight=1.0, gnl_s=290.0, angle_s=90.0,
-    angle_lr=2e-3, angle_energy_weight=1000.0, angle_forces_weight=1.0, schedule="cosine",
-    matrix_norm="layer", pole_im_init=(0.06, 0.2),
+    lr=1e-2, energy_weight=100.0, forces_weight=1.0, gnl_epochs=THESIS_EPOCHS["gnl"],
+    angle_epochs=THESIS_EPOCHS["angle"], angle_lr=2e-3, angle_energy_weight=1000.0, angle_forces_weight=1.0,
+    schedule="cosine", matrix_norm="layer", pole_im_init=(0.06, 0.2),
     scaling_atoms=[14, 24, 54, 104, 154, 200], scaling_repeats=3, dtype="float64",
 )
 
 SETTINGS = {
-    # thesis Table 6.2 / §6.7.3 where it fits the budget; channels 64 instead of 128 (wall clock). About
-    # 380 s of training per model, the three in parallel on one GPU; a half-cosine lr decay over the
-    # budget instead of plateau decay (that needs thousands of epochs). Poles start at Im z 0.06–0.2
+    # thesis Table 6.2 / §6.7.3: its epochs, learning rate and E/F weights on GNL; channels 64 instead of 128;
+    # a half-cosine lr decay over the epochs instead of plateau decay. Poles start at Im z 0.06–0.2
     # (normalised spectrum): with Im z ≥ 0.5 the n_C = 12 chain's π levels are smeared out and the
     # dihedral signal at the far end is exponentially small. Per-graph ('layer') trace normalisation:
     # a structure's H is normalised the same in training and inference, where with batch statistics
@@ -61,26 +68,27 @@ SETTINGS = {
     # the same with the batch matrix norm (Eq. 6.12, running averages at inference): size-consistent,
     # as the per-graph statistics of 'layer' carry a chain's length and invite fitting it per length
     "full_batch_norm": {**_FULL, "matrix_norm": "batch"},
+    # the thesis's matrix (n_p = 16, c = 16) and epochs on smaller MACE layers (16 channels, l_max 2,
+    # correlation 2: mfn_scans.py's), poles from MFNConfig's default (Im z 0.1–1); on a CPU the epochs
+    # are cut to what fits --budget-min
     "cpu": dict(
-        channels=16, max_ell=2, correlation=2, matrix_channels=8, n_poles=8, batch_size=5,
-        lr=1e-2, energy_weight=100.0, forces_weight=1.0, gnl_s=600.0, angle_s=90.0,
-        angle_lr=1e-3, angle_energy_weight=1000.0, angle_forces_weight=100.0,
-        scaling_atoms=[14, 24, 34, 54], scaling_repeats=2, dtype="float64",
-    ),
-    # small enough for a CPU expressivity probe (--angle-only)
-    "probe": dict(
-        channels=8, max_ell=2, correlation=2, matrix_channels=4, n_poles=4, batch_size=4,
-        lr=1e-2, energy_weight=100.0, forces_weight=1.0, gnl_s=600.0, angle_s=900.0,
-        angle_lr=1e-3, angle_energy_weight=1000.0, angle_forces_weight=100.0,
-        scaling_atoms=[14, 24, 34], scaling_repeats=2, dtype="float64",
+        channels=16, max_ell=2, correlation=2, matrix_channels=16, n_poles=16, batch_size=5,
+        lr=1e-2, energy_weight=100.0, forces_weight=1.0, gnl_epochs=THESIS_EPOCHS["gnl"],
+        angle_epochs=THESIS_EPOCHS["angle"], angle_lr=2e-3, angle_energy_weight=1000.0, angle_forces_weight=1.0,
+        schedule="cosine", matrix_norm="layer", scaling_atoms=[14, 24, 34, 54], scaling_repeats=2, dtype="float64",
     ),
     "tiny": dict(
         channels=4, max_ell=1, correlation=2, matrix_channels=2, n_poles=2, batch_size=10,
-        lr=1e-2, energy_weight=100.0, forces_weight=1.0, gnl_s=5.0, angle_s=3.0,
+        lr=1e-2, energy_weight=100.0, forces_weight=1.0, gnl_epochs=2, angle_epochs=2,
         angle_lr=1e-3, angle_energy_weight=1000.0, angle_forces_weight=100.0,
         scaling_atoms=[7, 14], scaling_repeats=1, dtype="float64",
     ),
 }
+
+
+def epochs_for(s: dict, stage: str, model: str) -> int:
+    e = s[f"{stage}_epochs"]
+    return int(e[model] if isinstance(e, dict) else e)
 
 
 def make_data() -> None:
@@ -140,7 +148,30 @@ def r2(pred, ref) -> float:
     return float(1.0 - np.sum((pred - ref) ** 2) / ss_tot) if ss_tot > 0 else float("nan")
 
 
-def run_one(name: str, s: dict, device: str, out: Path) -> dict:
+def plan_epochs(name: str, s: dict, budget_s: float | None, model, gnl_fit, angle_fit) -> dict:
+    """Table 6.2's epochs, or, with a wall-clock budget (a CPU), the largest equal fraction of them that
+    fits it: seconds per epoch of each stage timed over 3 epochs of a throw-away copy of the model."""
+    import copy
+
+    thesis = {"gnl": epochs_for(s, "gnl", name), "angle": epochs_for(s, "angle", name)}
+    if budget_s is None:
+        return {"gnl_epochs": thesis["gnl"], "angle_epochs": thesis["angle"], "fraction_of_thesis": 1.0}
+    per_epoch = {
+        "gnl": gnl_fit(copy.deepcopy(model), 3)["wall_s"] / 3,
+        "angle": angle_fit(copy.deepcopy(model), 3)["wall_s"] / 3,
+    }
+    needed = sum(thesis[k] * per_epoch[k] for k in thesis)
+    fraction = min(1.0, 0.95 * budget_s / needed)  # 5 % for evaluation
+    return {
+        "gnl_epochs": max(1, int(thesis["gnl"] * fraction)),
+        "angle_epochs": max(1, int(thesis["angle"] * fraction)),
+        "fraction_of_thesis": fraction,
+        "calibration_s_per_epoch": per_epoch,
+        "budget_s": budget_s,
+    }
+
+
+def run_one(name: str, s: dict, device: str, out: Path, budget_s: float | None = None) -> dict:
     """GNL training, Table 6.1 errors, angle-scan fine-tune (Fig. 6.7 right), length-scan predictions."""
     import copy
 
@@ -159,25 +190,29 @@ def run_one(name: str, s: dict, device: str, out: Path) -> dict:
     e0s, scale = data_statistics(splits["train"], [1, 6])
     model = build_model(name, s, e0s, scale, avg_neighbours(g["train"])).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    gnl = fit(
-        model, g["train"], g["valid"], epochs=100000, lr=s["lr"], energy_weight=s["energy_weight"],
-        forces_weight=s["forces_weight"], batch_size=s["batch_size"], device=device, max_time_s=s["gnl_s"],
-        patience=25, schedule=s.get("schedule", "plateau"),
-    )
+    even = g["angle_scan"][::2]  # Fig. 6.7 right: the transfer trains on the even angles
+
+    def gnl_fit(m, epochs):
+        return fit(m, g["train"], g["valid"], epochs=epochs, lr=s["lr"], energy_weight=s["energy_weight"],
+                   forces_weight=s["forces_weight"], batch_size=s["batch_size"], device=device, patience=25,
+                   schedule=s.get("schedule", "plateau"))
+
+    def angle_fit(m, epochs):  # thesis: E_w 1000, F_w 100
+        return fit(m, even, even, epochs=epochs, lr=s["angle_lr"], energy_weight=s["angle_energy_weight"],
+                   forces_weight=s["angle_forces_weight"], batch_size=4, device=device, patience=10,
+                   schedule=s.get("schedule", "plateau"))
+
+    budget = plan_epochs(name, s, budget_s, model, gnl_fit, angle_fit)
+    print(f"{name}: {budget}", flush=True)
+    gnl = gnl_fit(model, budget["gnl_epochs"])
     rmse = {}
     for split in SPLITS:
         m = evaluate(model, D.loader(g[split], 10), device)
         rmse[split] = {"energy_meV_per_atom": m["energy_meV_per_atom"], "forces_meV_per_A": m["forces_meV_per_A"]}
     length = evaluate(model, D.loader(g["length_scan"], 4), device)
     angle_zero_shot = evaluate(model, D.loader(g["angle_scan"], 8), device)
-    # Fig. 6.7 right: transfer to the n_C = 12 angle scan (thesis: E_w 1000, F_w 100); even angles train
     tuned = copy.deepcopy(model)
-    even = g["angle_scan"][::2]
-    ft = fit(
-        tuned, even, even, epochs=100000, lr=s["angle_lr"], energy_weight=s["angle_energy_weight"],
-        forces_weight=s["angle_forces_weight"], batch_size=4, device=device, max_time_s=s["angle_s"], patience=10,
-        schedule=s.get("schedule", "plateau"),
-    )
+    ft = angle_fit(tuned, budget["angle_epochs"])
     angle = evaluate(tuned, D.loader(g["angle_scan"], 8), device)
     phis = [a.info["dihedral_deg"] for a in splits["angle_scan"]]
     odd = slice(1, None, 2)
@@ -185,6 +220,7 @@ def run_one(name: str, s: dict, device: str, out: Path) -> dict:
         "model": name,
         "n_parameters": int(n_params),
         "rmse": rmse,
+        "budget": budget,
         "gnl_epochs": len(gnl["history"]),
         "gnl_best_valid_loss": gnl["best_valid_loss"],
         "gnl_wall_s": gnl["wall_s"],
@@ -213,68 +249,52 @@ def run_one(name: str, s: dict, device: str, out: Path) -> dict:
     return result
 
 
-def angle_only(name: str, s: dict, device: str) -> dict:
-    """Expressivity check without the GNL stage: train from scratch on the even angles of the n_C = 12
-    scan (energies weighted as in Table 6.2) and score R² on all 31 angles and on the held-out odd ones."""
-    from mace.tools.utils import AtomicNumberTable
-
-    from reactforge.models.mfn import data as D
-    from reactforge.models.mfn.train import avg_neighbours, data_statistics, evaluate, fit
-
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 4))  # oversubscribed OpenMP threads stall on small ops
-    torch.manual_seed(0)
-    scan = load_splits()["angle_scan"]
-    z = AtomicNumberTable([1, 6])
-    g = D.graphs(scan, z, 3.0)
-    e0s, scale = data_statistics(load_splits()["train"], [1, 6])
-    model = build_model(name, s, e0s, scale, avg_neighbours(g)).to(device)
-    res = fit(model, g[::2], g[::2], epochs=100000, lr=s["lr"], energy_weight=s["angle_energy_weight"],
-              forces_weight=s["angle_forces_weight"], batch_size=4, device=device, max_time_s=s["angle_s"], patience=25,
-              schedule=s.get("schedule", "plateau"))
-    ev = evaluate(model, D.loader(g, 8), device)
-    return {
-        "epochs": len(res["history"]), "wall_s": res["wall_s"],
-        "r2_all": r2(ev["pred_energy_eV"], ev["ref_energy_eV"]),
-        "r2_held_out_odd": r2(ev["pred_energy_eV"][1::2], ev["ref_energy_eV"][1::2]),
-        "pred_energy_eV": ev["pred_energy_eV"], "ref_energy_eV": ev["ref_energy_eV"],
-    }
-
-
 def scaling(s: dict, device: str) -> dict:
-    """Forward + backward (energy and forces, as in training) wall time vs atoms for fresh models."""
+    """Forward + backward (energy and forces, as in training) wall time vs atoms for fresh models; for the
+    MFNs also with the matrix function by n_poles LU solves (`resolvent_function`) instead of one
+    eigendecomposition per channel, the speed-up of the spectral path."""
     from mace.tools.utils import AtomicNumberTable
 
     from reactforge.models.mfn import data as D
+    from reactforge.models.mfn import matrix as M
     from reactforge.models.mfn.cumulene import cumulene
 
     torch.set_default_dtype(torch.float64 if s["dtype"] == "float64" else torch.float32)
     z = AtomicNumberTable([1, 6])
     out = {"n_atoms": s["scaling_atoms"]}
+
+    def timed(model, n_atoms: int) -> float:
+        a = cumulene(n_atoms - 4, 30.0)
+        a.info["REF_energy"] = 0.0
+        a.arrays["REF_forces"] = np.zeros((len(a), 3))
+        batch = next(iter(D.loader(D.graphs([a], z, 3.0), 1))).to(device).to_dict()
+        best = float("inf")
+        for rep in range(s["scaling_repeats"] + 2):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            o = model(dict(batch), training=True, compute_force=True)
+            (o["energy"].sum() + o["forces"].pow(2).sum()).backward()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if rep > 1:  # the first calls warm up kernels, caches and TorchScript
+                best = min(best, time.perf_counter() - t)
+            batch["positions"] = batch["positions"].detach()
+        return best
+
+    spectral = M.PoleExpansion.forward
     for name in MODELS:
         model = build_model(name, s, [-13.6, -57.5], 1.0, 2.0).to(device)
-        times = []
-        for n_atoms in s["scaling_atoms"]:
-            a = cumulene(n_atoms - 4, 30.0)
-            a.info["REF_energy"] = 0.0
-            a.arrays["REF_forces"] = np.zeros((len(a), 3))
-            batch = next(iter(D.loader(D.graphs([a], z, 3.0), 1))).to(device).to_dict()
-            best = float("inf")
-            for rep in range(s["scaling_repeats"] + 2):
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
-                o = model(dict(batch), training=True, compute_force=True)
-                (o["energy"].sum() + o["forces"].pow(2).sum()).backward()
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                if rep > 1:  # the first calls warm up kernels, caches and TorchScript
-                    best = min(best, time.perf_counter() - t)
-                batch["positions"] = batch["positions"].detach()
-            times.append(best)
+        times = [timed(model, n) for n in s["scaling_atoms"]]
         k = min(3, len(times))
         slope = float(np.polyfit(np.log(s["scaling_atoms"][-k:]), np.log(times[-k:]), 1)[0]) if k >= 2 else None
         out[name] = {"fwd_bwd_s": times, "loglog_slope_largest": slope}
+        if name != "mace":
+            M.PoleExpansion.forward = lambda self, H: M.resolvent_function(H, self.poles(), self.weights())
+            try:
+                out[name]["fwd_bwd_lu_s"] = [timed(model, n) for n in s["scaling_atoms"]]
+            finally:
+                M.PoleExpansion.forward = spectral
     return out
 
 
@@ -361,42 +381,33 @@ def main(argv=None) -> int:
     p.add_argument("--only", choices=MODELS, help=argparse.SUPPRESS)
     p.add_argument("--serial", action="store_true", help="train the models one after another")
     p.add_argument("--make-data", action="store_true", help="(re)label the cumulene sets with tblite first")
-    p.add_argument("--gnl-s", type=float, help="training budget per model on GNL (s)")
-    p.add_argument("--angle-s", type=float, help="fine-tuning budget per model on the angle scan (s)")
-    p.add_argument("--angle-only", action="store_true", help="only the from-scratch angle-scan check")
+    p.add_argument("--budget-min", type=float,
+                   help="wall clock per model: Table 6.2's epochs are cut to the largest fraction that fits "
+                        "(default: 60 on a CPU, none on a GPU; 0: the thesis's epochs)")
     args = p.parse_args(argv)
     s = dict(SETTINGS[args.settings])
-    if args.gnl_s:
-        s["gnl_s"] = args.gnl_s
-    if args.angle_s:
-        s["angle_s"] = args.angle_s
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    budget_min = args.budget_min if args.budget_min is not None else (None if device == "cuda" else 60.0)
+    budget_s = 60.0 * budget_min if budget_min else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else out
     work.mkdir(parents=True, exist_ok=True)
     if args.make_data or not GNL_FILE.exists():
         make_data()
-    if args.angle_only:
-        res = {"settings_name": args.settings, "settings": s, "device": device}
-        for m in [m for m in args.models.split(",") if m]:
-            res[m] = angle_only(m, s, device)
-            print(m, res[m]["epochs"], res[m]["r2_all"], res[m]["r2_held_out_odd"], flush=True)
-        (out / "mfn_cumulene_angle_only.json").write_text(json.dumps(res, indent=1))
-        return 0
     if args.only:
-        run_one(args.only, s, device, work / f"mfn_cumulene_{args.only}.json")
+        run_one(args.only, s, device, work / f"mfn_cumulene_{args.only}.json", budget_s)
         return 0
     models = [m for m in args.models.split(",") if m]
     t0 = time.time()
     if args.serial:
         for m in models:
-            run_one(m, s, device, work / f"mfn_cumulene_{m}.json")
+            run_one(m, s, device, work / f"mfn_cumulene_{m}.json", budget_s)
     else:
         procs = []
         for m in models:
             cmd = [sys.executable, __file__, "--only", m, "--settings", args.settings, "--device", device, "--out", str(out), "--work", str(work)]
-            cmd += ["--gnl-s", str(s["gnl_s"]), "--angle-s", str(s["angle_s"])]
+            cmd += ["--budget-min", str(budget_min or 0)]
             log = open(work / f"mfn_cumulene_{m}.log", "w")
             procs.append((m, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
         for m, proc, log in procs:
@@ -410,6 +421,9 @@ def main(argv=None) -> int:
         "settings": s,
         "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "reference": "GFN2-xTB (tblite); thesis used ωB97X-D3/def2-TZVP",
+        # the settings' epochs (Table 6.2 for 'full' and 'cpu') or the fraction of them that fit the wall
+        # clock per model (each model's "budget")
+        "budget": {"epochs": {"gnl": s["gnl_epochs"], "angle": s["angle_epochs"]}, "budget_min_per_model": budget_min},
         "models": {},
         "train_wall_s": time.time() - t0,
     }

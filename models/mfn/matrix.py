@@ -163,9 +163,9 @@ class PoleExpansion(torch.nn.Module):
     """f(H) = Σ_s [w_s (z_s I − H)^-1 + w_s* (z_s* I − H)^-1] = Σ_s 2 Re[w_s (z_s I − H)^-1] (Eq. 6.24).
 
     Learnable poles z_s (Im z_s ≥ im_min > 0 keeps z_s off the real spectrum of the symmetric H) and
-    complex weights w_s per matrix channel. The resolvent is an LU solve (torch.linalg.solve), whose
-    backward is again made of solves, so forces (first derivatives) can be trained (second
-    derivatives); an eigendecomposition's derivative is unstable at degenerate eigenvalues (§6.4).
+    complex weights w_s per matrix channel. The thesis (§6.4) solves for each resolvent (LU), since an
+    eigendecomposition's derivative is unstable at degenerate eigenvalues; here f(H) comes from one
+    eigendecomposition with derivatives that never involve the eigenvectors' own (see forward).
     """
 
     def __init__(
@@ -209,7 +209,7 @@ class PoleExpansion(torch.nn.Module):
 
 
 def resolvent_function(H: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Σ_s 2 Re[w_s (z_s I − H)^-1] for H [..., c, n, n], z and w [c, S]."""
+    """Σ_s 2 Re[w_s (z_s I − H)^-1] for H [..., c, n, n], z and w [c, S], by LU solves (the reference)."""
     ctype = torch.complex128 if H.dtype == torch.float64 else torch.complex64
     n = H.shape[-1]
     eye = torch.eye(n, dtype=ctype, device=H.device)

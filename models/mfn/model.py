@@ -3,7 +3,7 @@ equivariant matrix per structure; the diagonal of a learnable matrix function of
 
 Per layer t: (1) MACE interaction + product block → V_i; (2) H_ij from a radial-weighted channel-wise
 tensor product of V_i, V_j through CG blocks, H_ii from V_i; (3) trace normalisation; (4) pole expansion
-f(H) by LU solves; (5) h_i = V_i + W · irreps(f(H)_ii) (diagonal update, Eq. 6.20); MACE readout.
+f(H) from one eigendecomposition per channel; (5) h_i = V_i + W · irreps(f(H)_ii) (diagonal update, Eq. 6.20); MACE readout.
 The MACE blocks, radial basis, readouts and e3nn irreps are used as they are from mace-torch / e3nn.
 """
 from __future__ import annotations
