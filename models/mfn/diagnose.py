@@ -175,7 +175,7 @@ def main(argv=None) -> int:
                        "long": sensitivity(model, (10, 11, 12))}
                 if args.gradient and l_max == 1:
                     row["gradient"] = g = dihedral_gradient(model)
-                    print(f"  n_C=12 |dE/dθ| / |E/dθ| by module: " + ", ".join(
+                    print("  n_C=12 |dE/dθ| / |E/dθ| by module: " + ", ".join(
                         f"{k.split('.', 1)[1]} {v:.1e}" for k, v in g["ratio"].items()
                         if k.split(".")[-1] in ("bond_radial", "site_radial", "species", "function")))
                 s, lg = row["short"], row["long"]
