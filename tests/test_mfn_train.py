@@ -52,7 +52,7 @@ def one_thread():
 
 @pytest.mark.parametrize("forces_weight", [1.0, 0.0])
 def test_training_reduces_energy_force_loss(labelled, float64, forces_weight):
-    """With forces in the loss (LU path, double backward) and energy-only (spectral path)."""
+    """With forces in the loss (differentiated twice) and energy-only (one backward pass, no force pass)."""
     spec = MFNModelSpec(**{**TINY, "forces_weight": forces_weight}, max_num_epochs=12)
     z = AtomicNumberTable([1, 6])
     graphs = mfn_data.graphs(labelled, z, spec.r_max_A)
