@@ -1,8 +1,9 @@
 """Reference calls of the whole protocol vs a direct reference NEB (thesis §3.4.1: 622 training
 configurations against ≈5000 single points of a direct DFT NEB, 8×).
 
-    python benchmarks/reference_calls.py [--run-dir DIR]  ->  benchmarks/results/reference_calls.json
-                                                             (reference_calls_seedN.json for a run with seed N > 0)
+    python benchmarks/reference_calls.py [--run-dir DIR] [--name NAME]
+        ->  benchmarks/results/reference_calls.json (reference_calls_seedN.json for a run with seed N > 0;
+            with --name, reference_calls_NAME_seedN.json for every seed, e.g. NAME = mechanism)
 
 DIR is a finished catalysis run (default runs/quickstart-zno-vacancy, what `make demo` makes). For each
 of its reactions a reference NEB is started from the linear/IDPP interpolation between the endpoints
@@ -80,6 +81,7 @@ def direct_nebs(run_dir: Path, protocol) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "quickstart-zno-vacancy")
+    ap.add_argument("--name", help="the protocol's name in the result file: reference_calls_NAME_seedN.json")
     args = ap.parse_args()
     run_dir = args.run_dir.resolve()
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -103,7 +105,7 @@ def main():
     by_block = {name: b["reference_calls"] for name, b in summary["blocks"].items()}
     neb_calls = by_block.get("neb")
     out = {
-        "command": "python benchmarks/reference_calls.py",
+        "command": "python benchmarks/reference_calls.py" + (f" --name {args.name}" if args.name else ""),
         "run_dir": str(run_dir),
         "seed": protocol.seed,
         "machine": f"{platform.machine()}, Python {platform.python_version()}",
@@ -124,8 +126,20 @@ def main():
         "max_abs_barrier_error_vs_direct_neb_eV": max(direct_errors) if direct_errors else None,
         "barriers": summary["barriers"],
         "direct_neb": direct,
+        # per reaction, the MLFF barrier beside both reference barriers and the direct NEB's cost
+        "reactions": [{"reaction": b["reaction"], "mlff_barrier_eV": b["mlff_barrier_eV"],
+                       "validation_barrier_eV": b["reference_barrier_eV"],
+                       "validation_converged": b.get("validation_converged"),
+                       "abs_error_eV": b["abs_error_eV"],
+                       "direct_neb_barrier_eV": direct.get(b["reaction"], {}).get("reference_barrier_eV"),
+                       "direct_neb_reference_calls": direct.get(b["reaction"], {}).get("reference_calls"),
+                       "abs_error_vs_direct_neb_eV": direct.get(b["reaction"], {}).get("abs_error_eV")}
+                      for b in summary["barriers"]],
     }
-    name = f"reference_calls_seed{protocol.seed}.json" if protocol.seed else "reference_calls.json"
+    if args.name:
+        name = f"reference_calls_{args.name}_seed{protocol.seed}.json"
+    else:
+        name = f"reference_calls_seed{protocol.seed}.json" if protocol.seed else "reference_calls.json"
     dest = ROOT / "benchmarks" / "results" / name
     dest.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
