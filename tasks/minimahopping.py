@@ -183,6 +183,8 @@ def run(spec: MinimaHoppingSpec, structures: list[Atoms], ctx: TaskContext) -> M
         if folder is None:
             folder = Path(tempfile.mkdtemp(prefix="minimahopping-", dir=ctx.workdir))
         resumed = (folder / "hop.log").exists() and (folder / "input.traj").exists()
+        if resumed:
+            _touch_logged_md(folder)
         proc = _search(folder, atoms, spec, ctx, fresh=not resumed)
         if proc.returncode != 0 and resumed:
             resumed = False
@@ -191,6 +193,15 @@ def run(spec: MinimaHoppingSpec, structures: list[Atoms], ctx: TaskContext) -> M
             raise RuntimeError(f"minimahopping search failed in {folder}:\n{proc.stderr[-3000:]}")
         result = _collect(folder, resumed)
     return result
+
+
+def _touch_logged_md(folder: Path) -> None:
+    """ASE logs "Molecular dynamics: mdN" before it creates mdN.traj, and its resume reads that file. A
+    kill between the two leaves none, and the resume would fail and start the search again; an empty
+    file is what ASE reads as an MD not yet begun, resumed from the last minimum."""
+    for line in (folder / "hop.log").read_text(errors="replace").splitlines():
+        if line.startswith("msg: Molecular dynamics:"):
+            (folder / (line.split(":", 2)[2].strip() + ".traj")).touch(exist_ok=True)
 
 
 def _claim(folder: Path, stack: ExitStack) -> Path | None:

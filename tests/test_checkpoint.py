@@ -107,8 +107,10 @@ def test_a_damaged_checkpoint_restarts_from_step_0(tiny_gap_model, tmp_path):
     assert result.resumed_from_step == 0 and result.steps_run == 4
 
 
-def test_minima_hopping_killed_mid_search_continues_it(tiny_gap_model, tmp_path):
-    """SIGKILL the search process once its first MD hop has started; the next attempt resumes it."""
+@pytest.mark.parametrize("md_traj", ["written", "not yet created"])
+def test_minima_hopping_killed_mid_search_continues_it(tiny_gap_model, tmp_path, md_traj):
+    """SIGKILL the search process once its first MD hop has started; the next attempt resumes it. Also
+    when the kill came between ASE's log line for that MD and the creation of its trajectory."""
     frozen = [i for i, tag in enumerate(_slab().get_tags()) if tag >= 2]
     spec = MinimaHoppingSpec(model=tiny_gap_model, n_minima=50, max_hops=2, mdmin=1, T0_K=500.0,
                              fixed_atoms=frozen, seed=2)
@@ -125,12 +127,16 @@ def test_minima_hopping_killed_mid_search_continues_it(tiny_gap_model, tmp_path)
     )
     worker = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     deadline = time.monotonic() + 300
-    while not ((folder / "hop.log").exists() and "md00001" in (folder / "hop.log").read_text()):
+    traj = folder / "md00001.traj"
+    while not ((folder / "hop.log").exists() and "md00001" in (folder / "hop.log").read_text()
+               and traj.exists() and traj.stat().st_size > 0):
         assert worker.poll() is None, "the search ended before it could be interrupted"
         assert time.monotonic() < deadline, "no MD hop started"
         time.sleep(0.05)
     os.killpg(worker.pid, signal.SIGKILL)  # the worker and its search process, as a node loss would
     worker.wait()
+    if md_traj == "not yet created":
+        traj.unlink()
 
     result = hop(spec, [_slab()], ctx)
     assert result.resumed
