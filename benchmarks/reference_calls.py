@@ -78,6 +78,20 @@ def direct_nebs(run_dir: Path, protocol) -> dict:
     return out
 
 
+def reaction_rows(barriers: list[dict], direct: dict) -> list[dict]:
+    """Per reaction, the MLFF barrier beside both reference barriers and the direct NEB's cost."""
+    rows = []
+    for b in barriers:
+        d = direct.get(b["reaction"], {})
+        rows.append({"reaction": b["reaction"], "mlff_barrier_eV": b["mlff_barrier_eV"],
+                     "validation_barrier_eV": b["reference_barrier_eV"],
+                     "validation_converged": b.get("validation_converged"), "abs_error_eV": b["abs_error_eV"],
+                     "direct_neb_barrier_eV": d.get("reference_barrier_eV"),
+                     "direct_neb_reference_calls": d.get("reference_calls"),
+                     "abs_error_vs_direct_neb_eV": d.get("abs_error_eV")})
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "quickstart-zno-vacancy")
@@ -126,15 +140,7 @@ def main():
         "max_abs_barrier_error_vs_direct_neb_eV": max(direct_errors) if direct_errors else None,
         "barriers": summary["barriers"],
         "direct_neb": direct,
-        # per reaction, the MLFF barrier beside both reference barriers and the direct NEB's cost
-        "reactions": [{"reaction": b["reaction"], "mlff_barrier_eV": b["mlff_barrier_eV"],
-                       "validation_barrier_eV": b["reference_barrier_eV"],
-                       "validation_converged": b.get("validation_converged"),
-                       "abs_error_eV": b["abs_error_eV"],
-                       "direct_neb_barrier_eV": direct.get(b["reaction"], {}).get("reference_barrier_eV"),
-                       "direct_neb_reference_calls": direct.get(b["reaction"], {}).get("reference_calls"),
-                       "abs_error_vs_direct_neb_eV": direct.get(b["reaction"], {}).get("abs_error_eV")}
-                      for b in summary["barriers"]],
+        "reactions": reaction_rows(summary["barriers"], direct),
     }
     if args.name:
         name = f"reference_calls_{args.name}_seed{protocol.seed}.json"
