@@ -88,6 +88,19 @@ def test_an_ordering_far_above_for_two_iterations_in_a_row_is_dropped():
 def test_the_full_nebs_are_the_lowest_and_those_within_the_margin():
     assert screening.within_margin({0: -3.0, 1: -3.05, 2: -2.0, 3: None}, 0.1) == [0, 1]
     assert screening.within_margin({0: None}, 0.1) == []
-    tie = screening.Screened({}, [0, 1], {0: type("R", (), {"energies_eV": [0.0, 1.0]})(),
-                                          1: type("R", (), {"energies_eV": [0.0, 1.0]})()})
+    tie = screening.Screened({}, [0, 1], {0: _band(1.0), 1: _band(1.0)})
     assert tie.lowest() == 0  # a tie goes to the lower index, whatever finished first
+
+
+def _band(top_eV: float, converged: bool = True):
+    return type("R", (), {"energies_eV": [0.0, top_eV, -0.2], "converged": converged})()
+
+
+def test_a_band_stopped_by_its_step_budget_does_not_win_over_a_converged_one():
+    # the unconverged climbing band's top image is still below the saddle: lower, but not a barrier
+    cut_short = screening.Screened({}, [0, 1], {0: _band(0.113, converged=False), 1: _band(0.152)})
+    assert cut_short.lowest() == 1
+    # with no converged band the lowest is still the best estimate there is
+    none_converged = screening.Screened({}, [0, 1], {0: _band(0.2, False), 1: _band(0.15, False)})
+    assert none_converged.lowest() == 1
+    assert screening.Screened({}, [0, 1], {0: None}).lowest() is None
