@@ -51,6 +51,17 @@ def test_gap_sigma_follows_the_structure_in_md_like_updates(tiny_gap_model):
     assert after[0] > before[0]
 
 
+def test_gap_computes_the_virial_only_when_asked_and_the_forces_do_not_depend_on_it(tiny_gap_model):
+    calc = load_mlff(tiny_gap_model)
+    a = _cu_bulk()
+    a.calc = calc
+    energy, forces = a.get_potential_energy(), a.get_forces().copy()
+    assert "stress" not in calc.results  # an NEB or MD step pays for energy and forces only
+    stress = a.get_stress()
+    assert calc.results["energy"] == energy and np.array_equal(calc.results["forces"], forces)
+    assert np.abs(stress).max() > 0
+
+
 def test_gap_works_on_slabs_and_molecules_without_stress(tiny_gap_model):
     calc = load_mlff(tiny_gap_model)
     slab = fcc111("Cu", size=(2, 2, 3), a=3.61, vacuum=8.0)
