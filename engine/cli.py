@@ -160,7 +160,7 @@ def run(args) -> int:
         Store.check_readable(run_dir)  # before the lock file too: a run that cannot resume is left as it was
         lock.acquire()
     try:
-        state = Store.claim(run_dir, path.read_text(), force_new=args.force_new)
+        state = Store.claim(run_dir, path.read_text(), force_new=args.force_new, source_dir=path.parent)
     except ProtocolMismatch as err:
         lock.release()
         print(f"error: {err}", file=sys.stderr)

@@ -37,7 +37,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.db import connect
 from ase.io import write
 
-from reactforge.schemas.loading import InputError
+from reactforge.schemas.loading import PROTOCOL_BASE, InputError
 from reactforge.schemas.results import SinglePointResult
 from reactforge.schemas.tasks import ISOLATED_ATOM, ISOLATED_ATOM_TYPES, GAPModelSpec
 
@@ -107,8 +107,12 @@ class Store:
 
     # ------------------------------------------------------------------ protocol identity
     @staticmethod
-    def claim(run_dir: Path, protocol_text: str, force_new: bool) -> str:
+    def claim(run_dir: Path, protocol_text: str, force_new: bool, source_dir: Path | None = None) -> str:
         """Tie a run directory to a protocol. Same protocol -> resume; other -> refuse (or archive it).
+
+        source_dir: the folder of the protocol file. The run's copy, protocol.yaml, keeps the text as
+        written, so its relative file names (structures, intermediates) resolve against that folder,
+        recorded in protocol.base (schemas.loading.load_protocol reads it).
 
         Returns "new", "resume" or "archived:<path>".
         """
@@ -124,12 +128,14 @@ class Store:
                                        "choose another --run-dir")
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "protocol.yaml", protocol_text)
+            _record_base(run_dir, source_dir)
             atomic_write_text(stamp, digest + "\n")
             return "new"
         # runs stamped before protocol_digest carry the digest of their text
         if stamp.read_text().strip() in (digest, sha256_text(protocol_text)):
             if (run_dir / "protocol.yaml").is_file() and (run_dir / "protocol.yaml").read_text() != protocol_text:
                 atomic_write_text(run_dir / "protocol.yaml", protocol_text)  # the comments as they are now
+            _record_base(run_dir, source_dir)
             atomic_write_text(stamp, digest + "\n")
             return "resume"
         if not force_new:
@@ -141,7 +147,7 @@ class Store:
         while (archive := run_dir.with_name(f"{run_dir.name}.previous-{n}")).exists():
             n += 1
         shutil.move(str(run_dir), str(archive))  # never delete a run's state: move it aside
-        Store.claim(run_dir, protocol_text, force_new=False)
+        Store.claim(run_dir, protocol_text, force_new=False, source_dir=source_dir)
         return f"archived:{archive}"
 
     @staticmethod
@@ -316,3 +322,8 @@ def _jsonable(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _record_base(run_dir: Path, source_dir: Path | None) -> None:
+    if source_dir is not None:
+        atomic_write_text(run_dir / PROTOCOL_BASE, str(Path(source_dir).resolve()) + "\n")

@@ -240,5 +240,17 @@ def load_protocol(path: str | Path, schema: type[P] | Callable[[dict], type[P]])
     data = read_yaml(path)
     model = schema if isinstance(schema, type) else schema(data)
     protocol = validate(path, data, model)
-    protocol._base_dir = path.resolve().parent
+    protocol._base_dir = base_dir(path)
     return protocol
+
+
+PROTOCOL_BASE = "protocol.base"
+
+
+def base_dir(path: Path) -> Path:
+    """The folder a protocol file's relative names resolve against: its own, or for a run directory's
+    copy the original's, which the run recorded in protocol.base beside it."""
+    recorded = path.parent / PROTOCOL_BASE
+    if recorded.is_file():
+        return Path(recorded.read_text().strip())
+    return path.resolve().parent

@@ -88,3 +88,26 @@ def test_summary_updates_merge(tmp_path):
     store.update_summary(barriers=[1.0])
     again = Store(tmp_path)
     assert again.read_json("summary.json") == {"blocks": {"bulk": 1}, "barriers": [1.0]}
+
+
+def test_a_run_copy_of_the_protocol_resolves_its_files_against_the_original_folder(tmp_path):
+    from reactforge.schemas.loading import ProtocolFile, load_protocol
+
+    class P(ProtocolFile):
+        a: int
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "structures").mkdir()
+    (inputs / "protocol.yaml").write_text("a: 1\n")
+    run = tmp_path / "runs" / "r"
+    assert Store.claim(run, "a: 1\n", force_new=False, source_dir=inputs) == "new"
+    copy = load_protocol(run / "protocol.yaml", P)
+    # the copy's relative names (intermediates.X.file, bulk.file) are the original's
+    assert copy.resolve("structures/x.xyz") == inputs / "structures" / "x.xyz"
+    assert load_protocol(inputs / "protocol.yaml", P).resolve("y") == inputs / "y"
+    # a resume from a protocol moved elsewhere records its new folder
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    assert Store.claim(run, "a: 1\n", force_new=False, source_dir=moved) == "resume"
+    assert load_protocol(run / "protocol.yaml", P).resolve("y") == moved / "y"
