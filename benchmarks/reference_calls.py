@@ -125,6 +125,7 @@ def main():
         "machine": f"{platform.machine()}, Python {platform.python_version()}",
         "reference": protocol.reference.model_dump(mode="json"),
         "protocol_reference_calls": protocol_calls,
+        "protocol_wall_s": summary.get("wall_s"),  # the run's own (blocks 0-6 and validation)
         "validation_reference_calls": validation_calls,
         "direct_neb_reference_calls": direct_calls,
         # null when a direct NEB could not be completed: there is no direct count to compare with
