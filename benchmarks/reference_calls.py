@@ -133,7 +133,11 @@ def main():
         "ratio_with_validation": round(direct_calls / (protocol_calls + validation_calls), 2)
         if protocol_calls + validation_calls and complete else None,
         "protocol_reference_calls_by_block": by_block,
-        "retried_calls": protocol_calls - sum(by_block.values()),
+        # the blocks count labels submitted, the engine calculations run: more run = retries of failed
+        # calculations; fewer = labels submitted again that the journal answered (a minimum the MLFF
+        # relaxation left where it was); both at least this many
+        "retried_calls": max(protocol_calls - sum(by_block.values()), 0),
+        "labels_answered_from_journal": max(sum(by_block.values()) - protocol_calls, 0),
         # the NEB block alone against the direct NEBs: the ratio with many reactions, where the fixed cost fades
         "ratio_neb_block": round(direct_calls / neb_calls, 2) if neb_calls and complete else None,
         "all_direct_nebs_converged": all(d["converged"] for d in direct.values()),
