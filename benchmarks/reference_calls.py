@@ -35,15 +35,22 @@ MAX_STEPS = 3000
 SMEARING_RESCUE_EV = 0.1
 
 
-def direct_nebs(run_dir: Path, protocol) -> dict:
+def reference_band_spec(protocol, max_steps: int = MAX_STEPS) -> NEBSpec:
+    """A reference NEB with the protocol's block-6 band settings, relaxed to the validation's fmax."""
     P6, V = protocol.parameters.b6_neb, protocol.validation
-    fixed = fixed_indices(build_system(protocol).site_slab)
-    spec = NEBSpec(reference=protocol.reference, n_images=P6.n_images, interpolation=P6.interpolation,
+    return NEBSpec(reference=protocol.reference, n_images=P6.n_images, interpolation=P6.interpolation,
                    climb=P6.climb, method=P6.method, precon=P6.precon, optimizer=P6.optimizer,
-                   spring_k_eV_per_A2=P6.spring_k_eV_per_A2,
-                   fmax_eV_per_A=V.fmax_eV_per_A,
-                   max_steps=MAX_STEPS, fixed_atoms=fixed)
-    site = validate("local", read_yaml(ROOT / "site-configs" / "local.yaml"), SiteConfig)
+                   spring_k_eV_per_A2=P6.spring_k_eV_per_A2, fmax_eV_per_A=V.fmax_eV_per_A,
+                   max_steps=max_steps, fixed_atoms=fixed_indices(build_system(protocol).site_slab))
+
+
+def local_site() -> SiteConfig:
+    return validate("local", read_yaml(ROOT / "site-configs" / "local.yaml"), SiteConfig)
+
+
+def direct_nebs(run_dir: Path, protocol) -> dict:
+    spec = reference_band_spec(protocol)
+    site = local_site()
     out = {}
     with Engine(site, run_dir / "direct-neb") as engine:
         futures = {}
