@@ -11,7 +11,7 @@ demo: setup
 
 # What the trained force field is for (thesis §3.4.3), on the quickstart's finished run: free-energy barriers
 # by umbrella sampling, adsorbate minima by minima hopping. Each runs `make demo` first when the quickstart run
-# is not complete (~40 min on 2 cores), then itself (~15 min each).
+# is not complete (~15-40 min on 2 cores, by machine), then itself (~15 min each).
 QUICKSTART_RUN := runs/quickstart-zno-vacancy
 
 quickstart-run: setup
