@@ -90,10 +90,12 @@ def _hollow(minimum, n_slab: int = 12) -> str:
 
 def test_adatom_on_fcc111_finds_exactly_the_fcc_and_hcp_hollows(tmp_path, tiny_gap_model):
     source = finished_run(tmp_path / "catalysis", tiny_gap_model)
+    # fmax 0.005: a start placed at a bridge relaxed to 0.02 eV/Å can stop on the bridge, the flat hcp-fcc
+    # saddle 37 meV up (measured: round-off decides it, so it happened on one machine and not on another)
     p = ExplorationProtocol.model_validate({
         "workflow": "exploration", "name": "explore", "run": str(source),
         "starts": {"per_intermediate": 4, "candidates": 12, "radius_A": 2.0, "rattle_A": 0.1},
-        "hopping": {"T0_K": 300.0, "max_hops": 1, "n_minima": 3, "mdmin": 1, "fmax_eV_per_A": 0.02},
+        "hopping": {"T0_K": 300.0, "max_hops": 1, "n_minima": 3, "mdmin": 1, "fmax_eV_per_A": 0.005},
         "validation": {"n_lowest": 2, "fmax_eV_per_A": 0.02}})
     lines = exploration.plan(p)
     assert any("4 starts each" in line for line in lines) and any("relaxed with emt" in line for line in lines)
