@@ -32,7 +32,9 @@ def main():
     run_dir = args.run_dir.resolve()
     summary = json.loads((run_dir / "summary.json").read_text())
     protocol = load_protocol(run_dir / "protocol.yaml")
-    spec = reference_band_spec(protocol, MAX_STEPS)
+    # the validation's own band settings: block 6's, always with a climbing image
+    # (workflows/catalysis.py, Catalysis.validate)
+    spec = reference_band_spec(protocol, MAX_STEPS).model_copy(update={"climb": True})
     todo = [b for b in summary["barriers"] if b.get("validation_converged") is False]
     rows = []
     with Engine(local_site(), run_dir / "validation-continued") as engine:
